@@ -1,0 +1,209 @@
+"""The CLIP embedder behind the index and the queries: open_clip models by name, or the tiny preset.
+
+Model specs (what ``--models`` takes):
+
+* ``tiny``: open_clip's CLIP architecture from a small config with seeded random weights, built in code,
+  with open_clip's bundled BPE tokenizer. Runs the real code path on CPU in milliseconds.
+* ``NAME:TAG``: an open_clip architecture and pretrained tag, e.g. ``ViT-B-32:laion2b_s34b_b79k``
+  (the default).
+* ``NAME:/path/to/weights.safetensors``: an open_clip architecture with a local checkpoint.
+* ``hf-hub:org/repo`` or ``local-dir:/path``: open_clip's own schemes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from retrieval.frame_preprocessing import square_crop
+
+DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
+TINY = "tiny"
+TINY_SEED = 0
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+_UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be built or loaded; the message says which and what to do instead."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    pretrained: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        text = text.strip()
+        if not text:
+            raise ModelLoadError("empty model spec; use 'tiny' or NAME:TAG such as " + DEFAULT_MODEL)
+        if text == TINY or text.startswith(("hf-hub:", "local-dir:")):
+            return cls(text)
+        name, sep, tag = text.partition(":")
+        return cls(name, tag or None) if sep else cls(name)
+
+    def __str__(self) -> str:
+        return self.name if self.pretrained is None else f"{self.name}:{self.pretrained}"
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.name == TINY
+
+
+def _build_tiny() -> tuple[torch.nn.Module, object]:
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = open_clip.CLIP(
+            embed_dim=TINY_CONFIG["embed_dim"],
+            vision_cfg=CLIPVisionCfg(**TINY_CONFIG["vision_cfg"]),
+            text_cfg=CLIPTextCfg(**TINY_CONFIG["text_cfg"]),
+        )
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=TINY_CONFIG["text_cfg"]["context_length"])
+    return model, tokenizer
+
+
+def _build_open_clip(spec: ModelSpec, device: torch.device) -> tuple[torch.nn.Module, object]:
+    import open_clip
+
+    pretrained = spec.pretrained
+    if pretrained and ("/" in pretrained or Path(pretrained).suffix):
+        path = Path(pretrained).expanduser()
+        if path.suffix.lower() in _UNSAFE_SUFFIXES:
+            raise ModelLoadError(
+                f"refusing to load '{path}': pickle-based checkpoints can run code; convert it to .safetensors"
+            )
+        if not path.is_file():
+            raise ModelLoadError(f"model '{spec}': no such checkpoint file '{path}'")
+        pretrained = str(path)
+    try:
+        model = open_clip.create_model(spec.name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(spec.name)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load open_clip model '{spec.name}' with pretrained weights '{spec.pretrained}': "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}. "
+            "Without network access, download the weights once and pass the local file, e.g. "
+            f"--models {spec.name}:/path/to/open_clip_model.safetensors (or local-dir:/path/to/folder), "
+            "or use --models tiny for a small model with random weights."
+        ) from exc
+    return model, tokenizer
+
+
+def _fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of the weights (names, shapes, and the first values of each tensor)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().flatten()[:4096].to(torch.float32).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class ClipEmbedder:
+    """Embeds frames and texts into one unit-length space (float32 numpy arrays)."""
+
+    def __init__(self, spec: ModelSpec, model: torch.nn.Module, tokenizer, device: torch.device):
+        from open_clip import get_model_preprocess_cfg
+
+        self.spec = spec
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        cfg = get_model_preprocess_cfg(model)
+        size = cfg.get("size", 224)
+        self.image_size = int(size if isinstance(size, int) else size[0])
+        mean = cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))
+        std = cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
+        self._mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            self.dim = int(self.encode_texts(["a"]).shape[1])
+        self.fingerprint = _fingerprint(model)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def record(self) -> dict:
+        """What the manifest stores about the model, checked again when the index is opened."""
+        return {
+            "spec": str(self.spec),
+            "name": self.spec.name,
+            "pretrained": self.spec.pretrained,
+            "fingerprint": self.fingerprint,
+            "dim": self.dim,
+            "image_size": self.image_size,
+        }
+
+    def prepare_frames(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Frame any H x W x 3 uint8 frames the way the index does (shorter side, center square)."""
+        return np.stack([square_crop(np.asarray(frame), self.image_size) for frame in frames])
+
+    @torch.inference_mode()
+    def encode_images(self, frames: np.ndarray) -> np.ndarray:
+        """Unit vectors for already prepared frames, an N x S x S x 3 uint8 array (S = image_size)."""
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(
+                f"expected N x {self.image_size} x {self.image_size} x 3 frames, got {tuple(frames.shape)}; "
+                "use prepare_frames() first"
+            )
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        pixels = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+        pixels = (pixels - self._mean) / self._std
+        with self._autocast():
+            features = self.model.encode_image(pixels)
+        return _unit_rows(features.float().cpu().numpy())
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with self._autocast():
+            features = self.model.encode_text(tokens)
+        return _unit_rows(features.float().cpu().numpy())
+
+    def encode_segments(self, frames: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """One unit vector per segment: the normalised mean of its frames' unit vectors.
+
+        ``frames`` is segments x frames x S x S x 3. Frames are embedded in chunks of ``batch_size``
+        taken from this array alone, so a video's vectors never depend on what it was batched with.
+        """
+        segments, per_segment = frames.shape[:2]
+        flat = frames.reshape(segments * per_segment, *frames.shape[2:])
+        chunks = [self.encode_images(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)]
+        vectors = np.concatenate(chunks).reshape(segments, per_segment, -1).mean(axis=1)
+        return _unit_rows(vectors)
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_clip_model(spec: str | ModelSpec = DEFAULT_MODEL, device: str | torch.device | None = None) -> ClipEmbedder:
+    """Build the embedder for ``spec`` (see the module docstring); raises :class:`ModelLoadError`."""
+    spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    device = torch.device(device) if device is not None else default_device()
+    if spec.is_tiny:
+        model, tokenizer = _build_tiny()
+    else:
+        model, tokenizer = _build_open_clip(spec, device)
+    return ClipEmbedder(spec, model, tokenizer, device)

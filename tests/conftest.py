@@ -1,0 +1,76 @@
+"""Shared fixtures: the real data beside the checkout, synthetic clips, and a tiny index built once."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("STORYREEL_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# No test may need the network: make the hub fail at once instead of retrying.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _require(path: Path) -> Path:
+    if path.exists():
+        return path
+    message = f"real test data not found at {path} (expected ../shared/data beside the checkout)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _require(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def real_clips(shared_data) -> Path:
+    return _require(shared_data / "real_clips")
+
+
+@pytest.fixture(scope="session")
+def kinetics_dir(shared_data) -> Path:
+    return _require(shared_data / "kinetics")
+
+
+@pytest.fixture(scope="session")
+def bad_videos(shared_data) -> Path:
+    return _require(shared_data / "bad_videos")
+
+
+def load_sample_clip_maker():
+    spec = importlib.util.spec_from_file_location("make_sample_clips", REPO / "data" / "make_sample_clips.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def sample_clip_maker():
+    return load_sample_clip_maker()
+
+
+@pytest.fixture(scope="session")
+def synthetic_library(tmp_path_factory, sample_clip_maker) -> Path:
+    """The demo's synthetic clip library (label folders of short H.264 clips, one with a hard cut)."""
+    out = tmp_path_factory.mktemp("synthetic_library")
+    sample_clip_maker.make_library(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory, real_clips, synthetic_library) -> Path:
+    """A tiny-preset index over the real clips and the synthetic library, built once per session."""
+    from index_builder.build import BuildOptions, build_index
+
+    out = tmp_path_factory.mktemp("tiny_index") / "index"
+    build_index(BuildOptions(out=out, paths=[real_clips, synthetic_library], models="tiny", workers=2,
+                             progress=False))
+    return out
