@@ -23,7 +23,7 @@ test: install
 demo: install
 	$(BIN)/python data/make_sample_clips.py --out data/sample_clips
 	$(BIN)/build-index data/sample_clips --out $(DEMO)/index --models tiny
-	$(BIN)/search-clips $(DEMO)/index "a person running" -k 5 --contact-sheet $(DEMO)/top.png
+	$(BIN)/search-clips $(DEMO)/index "a person running" -k 5 --per-clip 1 --contact-sheet $(DEMO)/top.png
 	@echo "demo outputs are in $(DEMO)/ (index/, top.png)"
 
 clean:

@@ -80,6 +80,15 @@ def _build_open_clip(spec: ModelSpec, device: torch.device) -> tuple[torch.nn.Mo
     import open_clip
 
     pretrained = spec.pretrained
+    if spec.name.startswith("local-dir:"):
+        folder = Path(spec.name.removeprefix("local-dir:")).expanduser()
+        if not folder.is_dir():
+            raise ModelLoadError(f"model '{spec}': no such folder '{folder}'")
+        if not any(folder.glob("*.safetensors")):
+            raise ModelLoadError(
+                f"model '{spec}': '{folder}' holds no .safetensors weights; pickle-based checkpoints can run "
+                "code, so only safetensors are loaded"
+            )
     if pretrained and ("/" in pretrained or Path(pretrained).suffix):
         path = Path(pretrained).expanduser()
         if path.suffix.lower() in _UNSAFE_SUFFIXES:

@@ -137,3 +137,35 @@ def test_search_clips_errors_exit_2(tiny_index, tmp_path, args, message):
     args = [a.format(index=tiny_index, missing=tmp_path / "missing") for a in args]
     result = _search(*args)
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_model_specs_and_unsafe_checkpoints(tmp_path):
+    from retrieval.clip_models import ModelLoadError, ModelSpec, load_clip_model
+
+    assert ModelSpec.parse("ViT-B-32:laion2b_s34b_b79k") == ModelSpec("ViT-B-32", "laion2b_s34b_b79k")
+    assert ModelSpec.parse("hf-hub:org/repo") == ModelSpec("hf-hub:org/repo")
+    assert ModelSpec.parse("tiny").is_tiny
+    (tmp_path / "open_clip_pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelLoadError, match="holds no .safetensors weights"):
+        load_clip_model(f"local-dir:{tmp_path}", device="cpu")
+    with pytest.raises(ModelLoadError, match="refusing to load"):
+        load_clip_model(f"ViT-B-32:{tmp_path / 'open_clip_pytorch_model.bin'}", device="cpu")
+    with pytest.raises(ModelLoadError, match="--models tiny"):
+        load_clip_model("ViT-B-32:laion2b_s34b_b79k", device="cpu")  # offline: no weights to download
+
+
+def test_tiny_model_is_deterministic_and_embeds_text_and_frames():
+    from retrieval.clip_models import load_clip_model
+
+    a, b = load_clip_model("tiny", device="cpu"), load_clip_model("tiny", device="cpu")
+    assert a.fingerprint == b.fingerprint and a.dim == 32 and a.image_size == 32
+    tokens = a.tokenizer(["a person riding a horse"])[0][:7].tolist()
+    assert tokens == [49406, 320, 2533, 6765, 320, 4558, 49407]  # open_clip's real BPE, offline
+    texts = a.encode_texts(["a dog", "a cat"])
+    np.testing.assert_array_equal(texts, b.encode_texts(["a dog", "a cat"]))
+    frames = np.random.default_rng(0).integers(0, 255, (3, 2, 40, 60, 3), dtype=np.uint8)
+    prepared = np.stack([a.prepare_frames(s) for s in frames])
+    vectors = a.encode_segments(prepared)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    per_frame = a.encode_images(prepared.reshape(-1, 32, 32, 3)).reshape(3, 2, -1).mean(axis=1)
+    np.testing.assert_allclose(vectors, per_frame / np.linalg.norm(per_frame, axis=1, keepdims=True), atol=1e-6)
