@@ -24,7 +24,11 @@ demo: install
 	$(BIN)/python data/make_sample_clips.py --out data/sample_clips
 	$(BIN)/build-index data/sample_clips --out $(DEMO)/index --models tiny
 	$(BIN)/search-clips $(DEMO)/index "a person running" -k 5 --per-clip 1 --contact-sheet $(DEMO)/top.png
-	@echo "demo outputs are in $(DEMO)/ (index/, top.png)"
+	$(BIN)/search-clips $(DEMO)/index "a person running" -k 1 --json > $(DEMO)/top.json
+	set -- $$($(BIN)/python -c "import json; r = json.load(open('$(DEMO)/top.json'))[0]; print(r['path'], r['start'], r['end'])") && \
+	  $(BIN)/extract-depth "$$1" --start "$$2" --end "$$3" --frames 16 --size 256x256 --models tiny \
+	    --cache-dir $(DEMO)/depth-cache --out $(DEMO)/depth.npz --preview $(DEMO)/depth.gif --strip $(DEMO)/depth.png
+	@echo "demo outputs are in $(DEMO)/: index/, top.png (search), depth.npz, depth.gif, depth.png (structure)"
 
 clean:
 	rm -rf $(DEMO) data/sample_clips

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -11,11 +13,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from index_builder.decode_worker import DecodeSettings
-from index_builder.faiss_index import build_faiss_index, choose_factory, default_search_params, serialize
+from index_builder.faiss_index import build_faiss_index, choose_factory, serialize, tune_search_params
 from index_builder.kinetics import kinetics_jobs
 from index_builder.segmenter import SegmentSettings
 from index_builder.sources import SourceError, SourceReport, VideoJob, read_jsonl_manifest, scan_folder
 from index_builder.store import IndexStore
+from index_builder.tuning_queries import MOTION_QUERIES
 from retrieval import atomic_files
 from retrieval.index_format import ERRORS_FILE, FAISS_FILE, FORMAT_VERSION, MANIFEST_FILE
 
@@ -149,37 +152,51 @@ def build_index(options: BuildOptions, decode_function=None) -> BuildSummary:
         store.close()
 
 
+def _engine_results(options, pending, decode_settings, embedder, decode_function):
+    """``(job, decoded, error, vectors)`` for every pending job, in order, from the chosen engine."""
+    if options.engine == "ray":
+        from index_builder.ray_engine import run_ray
+
+        return run_ray(pending, decode_settings, embedder, options)
+    if options.engine == "local":
+        from index_builder.local_engine import decode_isolated
+
+        kwargs = {"decode_function": decode_function} if decode_function else {}
+        decoded = decode_isolated(pending, decode_settings, options.workers, options.timeout_s, **kwargs)
+        return ((job, video, error, None if video is None else embedder.encode_segments(video.frames, options.batch_size))
+                for job, video, error in decoded)
+    raise BuildError(f"--engine must be 'local' or 'ray', not {options.engine!r}")
+
+
 def _run_engine(options, pending, decode_settings, embedder, store, decode_function) -> None:
     bar = tqdm(total=len(pending), unit="clip", desc="indexing", disable=not options.progress, dynamic_ncols=True)
+    cores = _cores_shared_with_workers(embedder, options.workers) if options.engine == "local" else contextlib.nullcontext()
     segments = errors = 0
-    try:
-        if options.engine == "ray":
-            from index_builder.ray_engine import run_ray
-
-            results = run_ray(pending, decode_settings, embedder, options)
-        elif options.engine == "local":
-            from index_builder.local_engine import decode_isolated
-
-            kwargs = {"decode_function": decode_function} if decode_function else {}
-            decoded_stream = decode_isolated(pending, decode_settings, options.workers, options.timeout_s, **kwargs)
-            results = ((job, decoded, error, None if decoded is None else
-                        embedder.encode_segments(decoded.frames, options.batch_size))
-                       for job, decoded, error in decoded_stream)
-        else:
-            raise BuildError(f"--engine must be 'local' or 'ray', not {options.engine!r}")
-        for job, decoded, error, vectors in results:
+    with cores, bar:
+        for job, decoded, error, vectors in _engine_results(options, pending, decode_settings, embedder, decode_function):
             if decoded is None:
                 errors += 1
                 store.add_error(job, error)
             else:
                 segments += decoded.num_segments
+                errors += bool(decoded.warning)
                 store.add_video(decoded, vectors)
-                if decoded.warning:
-                    errors += 1
             bar.update(1)
             bar.set_postfix(segments=segments, errors=errors, refresh=False)
+
+
+@contextlib.contextmanager
+def _cores_shared_with_workers(embedder, workers: int):
+    """On CPU, embed with the cores the decode workers leave free: oversubscribed cores slow both."""
+    import torch
+
+    before = torch.get_num_threads()
+    if embedder.device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    try:
+        yield
     finally:
-        bar.close()
+        torch.set_num_threads(before)
 
 
 def _finalize(options, store: IndexStore, embedder, report: SourceReport, settings: dict) -> str:
@@ -188,8 +205,11 @@ def _finalize(options, store: IndexStore, embedder, report: SourceReport, settin
     ids, vectors = store.load_vectors()
     if len(ids) == 0:
         raise BuildError(f"no segments could be indexed: every video failed (reasons in {out / ERRORS_FILE})")
+    store.compact(ids, vectors)
     factory = options.factory or choose_factory(len(ids), vectors.shape[1])
-    data = serialize(build_faiss_index(vectors, ids, factory))
+    index = build_faiss_index(vectors, ids, factory)
+    search_params = tune_search_params(index, vectors, embedder.encode_texts(MOTION_QUERIES))
+    data = serialize(index)
     atomic_files.write_bytes(out / FAISS_FILE, data)
     counts = store.counts()
     counts["source_problems"] = len(report.problems)
@@ -203,7 +223,7 @@ def _finalize(options, store: IndexStore, embedder, report: SourceReport, settin
         "segment_settings": settings["segments"],
         "image_size": embedder.image_size,
         "factory": factory,
-        "search": default_search_params(factory),
+        "search": search_params,
         "counts": counts,
         "faiss_sha256": hashlib.sha256(data).hexdigest(),
     })

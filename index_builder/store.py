@@ -37,6 +37,14 @@ class IndexStore:
         self._segments: list[tuple] = []
         self._vectors: list[np.ndarray] = []
         self._last_flush = time.monotonic()
+        self._remove_unreferenced_shards()
+
+    def _remove_unreferenced_shards(self) -> None:
+        """Drop shard files no committed row points to (a flush or a compaction cut short by a crash)."""
+        referenced = {row[0] for row in self.db.execute("SELECT file FROM shards")}
+        for path in (self.out_dir / EMBEDDINGS_DIR).glob("shard-*.npy"):
+            if f"{EMBEDDINGS_DIR}/{path.name}" not in referenced:
+                path.unlink(missing_ok=True)
 
     def _scalar(self, sql: str, *args):
         return self.db.execute(sql, args).fetchone()[0]
@@ -115,6 +123,30 @@ class IndexStore:
         vectors = np.concatenate([np.load(self.out_dir / file) for file, _, _ in shards])
         ids = np.concatenate([np.arange(first, first + count, dtype=np.int64) for _, first, count in shards])
         return ids, vectors
+
+    def compact(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Merge every shard into one file, so a search reads its vectors from one memory map.
+
+        ``ids, vectors`` are :meth:`load_vectors`' result. The merged file is written first, then one
+        transaction points every segment at it; the old files are removed last (or at the next open).
+        """
+        old = [row[0] for row in self.db.execute("SELECT file FROM shards")]
+        if len(old) <= 1:
+            return
+        if not np.array_equal(ids, np.arange(len(ids))):
+            raise RuntimeError(f"{self.out_dir}: segment ids are not contiguous from 0; the store is damaged")
+        shard_id = self._next_shard
+        self._next_shard += 1
+        name = f"{EMBEDDINGS_DIR}/shard-{shard_id:05d}.npy"
+        atomic_files.save_npy(self.out_dir / name, vectors)
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("INSERT INTO shards VALUES (?, ?, 0, ?)", (shard_id, name, len(ids)))
+            self.db.execute("UPDATE segments SET shard_id = ?, shard_row = segment_id", (shard_id,))
+            self.db.execute("DELETE FROM shards WHERE shard_id != ?", (shard_id,))
+            self.db.execute("COMMIT")
+        for file in old:
+            (self.out_dir / file).unlink(missing_ok=True)
 
     def error_rows(self) -> list[dict]:
         rows = self.db.execute(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index_builder.faiss_index import build_faiss_index, choose_factory, default_search_params
+from index_builder.faiss_index import build_faiss_index, choose_factory, default_search_params, tune_search_params
 from retrieval.vector_search import VectorSearcher
 
 
@@ -26,7 +26,7 @@ def test_factory_grows_with_the_library():
     assert choose_factory(10_000_000, 512) == "IVF8192,PQ64"
     assert choose_factory(200_000, 32) == "IVF1024,PQ4"
     assert default_search_params("Flat") == {"nprobe": 0, "rescore_factor": 1}
-    assert default_search_params("IVF2048,PQ64")["nprobe"] == 64
+    assert default_search_params("IVF2048,PQ64") == {"nprobe": 32, "rescore_factor": 20}
 
 
 def test_exact_search_equals_numpy_brute_force():
@@ -47,8 +47,16 @@ def test_ivf_pq_recall_at_10_on_50k_vectors():
     queries = clustered_unit_vectors(200, 512, seed=4)
     ids = np.arange(len(vectors))
     factory = "IVF512,PQ64"
-    params = default_search_params(factory)
-    searcher = VectorSearcher(build_faiss_index(vectors, ids, factory), lambda i: vectors[i], **params)
+    index = build_faiss_index(vectors, ids, factory)
+    tuning, queries = queries[:100], queries[100:]  # tune on some queries, measure on others
+    tuned = tune_search_params(index, vectors, tuning, target_recall=0.95)
+    assert tuned["tuned_recall_at_10"] >= 0.95
+    params = {"nprobe": tuned["nprobe"], "rescore_factor": tuned["rescore_factor"]}
+    assert tune_search_params(index, vectors, tuning, target_recall=0.95) == tuned, "the choice is deterministic"
+    cheaper = tune_search_params(index, vectors, tuning, target_recall=0.8)
+    assert (cheaper["nprobe"], cheaper["rescore_factor"]) != (params["nprobe"], params["rescore_factor"])
+    assert cheaper["tuned_recall_at_10"] < tuned["tuned_recall_at_10"]
+    searcher = VectorSearcher(index, lambda i: vectors[i], **params)
     _, found = searcher.search(queries, 10)
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
