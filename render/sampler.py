@@ -1,0 +1,285 @@
+"""The structure-guided video sampler: our own denoising loop over the render's diffusers components.
+
+One readable loop in the manner of diffusers' ``AnimateDiffControlNetPipeline.__call__`` (whose math it
+reproduces exactly with ``tau=1``), plus what Animate-A-Story's renderer needs::
+
+    from render.sampler import StructureGuidedSampler
+
+    sampler = StructureGuidedSampler(components)             # a render.RenderComponents
+    result = sampler("a knight riding a horse", negative_prompt="blurry",
+                     conditioning=controlnet_condition(depth),  # T x 3 x H x W in [0, 1]
+                     steps=25, guidance_scale=7.5, tau=0.6, seed=0)
+    result.frames      # T x H x W x 3 float in [0, 1] ("pt"), uint8 numpy ("np"), None ("latent")
+    result.latents     # 1 x 4 x T x H/8 x W/8, the final latents
+
+* **Structure window** ``tau``: the ControlNet conditions step ``i`` only while ``(i + 1) / steps <= tau``
+  (diffusers' ``control_guidance_end=tau``); after that it is not called at all.
+* **Control strength** ``controlnet_scale``: a float, per step, or per step and frame
+  (:mod:`render.control_schedule`); a step whose frames all have strength 0 skips the ControlNet.
+* **Per-step text embeddings** ``prompt_embeds_for_step(step_index, timestep) -> (cond, uncond or None)``
+  (TimeInv characters: one embedding per timestep); ``None`` for uncond keeps the negative prompt's.
+* **Long shots**: more frames than ``context_window`` (16) are denoised in overlapping windows (stride 8)
+  through UNet *and* ControlNet, noise predictions fused with pyramid weights (:mod:`render.context_windows`).
+* FreeU (``freeu=True`` or a dict of s1, s2, b1, b2), VAE slicing / tiling, autocast on CUDA.
+
+Classifier-free guidance batches ``[uncond, cond]`` like diffusers; ``guidance_scale <= 1`` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from render.context_windows import context_windows, window_weights
+from render.control_schedule import ScaleSpec, step_scales
+
+FREEU_SD15 = {"s1": 0.9, "s2": 0.2, "b1": 1.5, "b2": 1.6}  # FreeU paper values for SD1.5
+OUTPUT_TYPES = ("pt", "np", "latent")
+
+EmbedsHook = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class SampleResult:
+    """``frames``: T x H x W x 3 (float tensor in [0, 1] for "pt", uint8 array for "np", None for "latent");
+    ``latents``: 1 x C x T x h x w; ``controlnet_calls``: ControlNet forward calls (per window); ``windows``:
+    the frame index lists denoised together; ``timesteps``: the schedule."""
+
+    frames: torch.Tensor | np.ndarray | None
+    latents: torch.Tensor
+    controlnet_calls: int = 0
+    windows: list[list[int]] = field(default_factory=list)
+    timesteps: list[int] = field(default_factory=list)
+
+
+class StructureGuidedSampler:
+    """Depth-guided AnimateDiff + ControlNet sampling over a :class:`render.model_loading.RenderComponents`."""
+
+    def __init__(self, components, scheduler=None):
+        self.components = components
+        self.scheduler = scheduler if scheduler is not None else components.scheduler
+
+    # -- text ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str | list[str]) -> torch.Tensor:
+        """Plain CLIP encoding (the pipeline's ``encode_prompt`` without LoRA scale or clip skip): B x L x D."""
+        c = self.components
+        tokens = c.tokenizer(prompt, padding="max_length", max_length=c.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        mask = None
+        if getattr(c.text_encoder.config, "use_attention_mask", False):
+            mask = tokens.attention_mask.to(c.text_encoder.device)
+        embeds = c.text_encoder(tokens.input_ids.to(c.text_encoder.device), attention_mask=mask)[0]
+        return embeds.to(dtype=c.text_encoder.dtype, device=c.device)
+
+    # -- sampling ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | None = None, negative_prompt: str | None = None, *,
+                 conditioning: torch.Tensor | list[torch.Tensor], num_frames: int | None = None,
+                 height: int | None = None, width: int | None = None, steps: int = 25,
+                 guidance_scale: float = 7.5, tau: float = 1.0, controlnet_scale: ScaleSpec = 1.0,
+                 seed: int | None = None, generator: torch.Generator | None = None, eta: float = 0.0,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 prompt_embeds_for_step: EmbedsHook | None = None, latents: torch.Tensor | None = None,
+                 context_window: int = 16, context_stride: int = 8, context_weighting: str = "pyramid",
+                 output_type: str = "pt", decode_chunk_size: int = 16, freeu: bool | dict = False,
+                 vae_slicing: bool = False, vae_tiling: bool = False, autocast_dtype: torch.dtype | None = None,
+                 callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> SampleResult:
+        c = self.components
+        scheduler = self.scheduler
+        device = c.device
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
+
+        # 1. Conditioning: T x 3 x H x W in [0, 1] (a list of 3 x H x W frames is stacked).
+        cond = torch.stack(list(conditioning)) if isinstance(conditioning, (list, tuple)) else conditioning
+        if cond.ndim != 4 or cond.shape[1] != 3:
+            raise ValueError(f"conditioning must be T x 3 x H x W, got shape {tuple(cond.shape)}")
+        num_frames = num_frames or cond.shape[0]
+        if cond.shape[0] != num_frames:
+            raise ValueError(f"conditioning has {cond.shape[0]} frames for num_frames={num_frames}")
+        height = height or cond.shape[2]
+        width = width or cond.shape[3]
+        scale = c.vae_scale_factor
+        if height % scale or width % scale:
+            raise ValueError(f"height and width must be multiples of {scale}, got {height}x{width}")
+        cond = cond.to(dtype=torch.float32)
+        if tuple(cond.shape[2:]) != (height, width):
+            cond = F.interpolate(cond, size=(height, width), mode="bilinear", align_corners=False)
+        cond = cond.to(device=device, dtype=c.controlnet.dtype)
+
+        # 2. Text: [uncond, cond] for classifier-free guidance.
+        do_cfg = guidance_scale > 1.0
+        if prompt_embeds is None:
+            if prompt is None:
+                raise ValueError("give a prompt or prompt_embeds")
+            prompt_embeds = self.encode_prompt(prompt)
+        prompt_embeds = _as_batch(prompt_embeds).to(device=device, dtype=c.text_encoder.dtype)
+        if do_cfg and negative_prompt_embeds is None:
+            negative_prompt_embeds = self.encode_prompt(negative_prompt or "")
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = _as_batch(negative_prompt_embeds).to(device=device, dtype=prompt_embeds.dtype)
+
+        # 3. Schedule, noise, control strengths, windows.
+        scheduler.set_timesteps(steps, device=device)
+        timesteps = scheduler.timesteps
+        if generator is None and seed is not None:
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+        shape = (1, c.unet.config.in_channels, num_frames, height // scale, width // scale)
+        if latents is None:
+            from diffusers.utils.torch_utils import randn_tensor
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=prompt_embeds.dtype)
+        else:
+            latents = latents.to(device=device, dtype=prompt_embeds.dtype)
+        latents = latents * scheduler.init_noise_sigma
+        step_kwargs = _extra_step_kwargs(scheduler, generator, eta)
+        scales = step_scales(controlnet_scale, tau, len(timesteps), num_frames)
+        windows = context_windows(num_frames, context_window, context_stride)
+        weights = window_weights(context_window, context_weighting).to(device=device, dtype=latents.dtype)
+        controlnet_calls = 0
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_freeu(c.unet, freeu))
+            if autocast_dtype is not None and device.type == "cuda":
+                stack.enter_context(torch.autocast("cuda", dtype=autocast_dtype))
+            # 4. The denoising loop.
+            for i, t in enumerate(timesteps):
+                text = self._text_for_step(i, t, prompt_embeds, negative_prompt_embeds, do_cfg,
+                                           prompt_embeds_for_step)
+                if len(windows) == 1:
+                    noise_pred, calls = self._predict(latents, t, text, cond, scales[i], do_cfg, guidance_scale)
+                    controlnet_calls += calls
+                else:
+                    fused = torch.zeros_like(latents)
+                    total = torch.zeros((num_frames,), device=device, dtype=latents.dtype)
+                    for frames in windows:
+                        scale_i = scales[i]
+                        if isinstance(scale_i, torch.Tensor):
+                            scale_i = scale_i[frames]
+                            scale_i = None if bool((scale_i == 0).all()) else scale_i
+                        pred, calls = self._predict(latents[:, :, frames], t, text, cond[frames], scale_i, do_cfg,
+                                                    guidance_scale)
+                        controlnet_calls += calls
+                        w = weights[: len(frames)]
+                        fused[:, :, frames] += pred * w.view(1, 1, -1, 1, 1)
+                        total[frames] += w
+                    noise_pred = fused / total.view(1, 1, -1, 1, 1)
+                latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+                if callback is not None:
+                    callback(i, t, latents)
+
+            # 5. Decode.
+            frames_out = None
+            if output_type != "latent":
+                frames_out = self.decode(latents, decode_chunk_size, vae_slicing, vae_tiling)
+                if output_type == "np":
+                    frames_out = (frames_out.cpu().numpy() * 255).round().astype(np.uint8)
+        return SampleResult(frames=frames_out, latents=latents, controlnet_calls=controlnet_calls, windows=windows,
+                            timesteps=[int(t) for t in timesteps])
+
+    def _text_for_step(self, i, t, cond_embeds, uncond_embeds, do_cfg, hook) -> torch.Tensor:
+        """The text batch of one step, 1 or 2 rows ordered [uncond, cond] (before the per-frame repeat)."""
+        if hook is not None:
+            step_cond, step_uncond = hook(i, t)
+            cond_embeds = _as_batch(step_cond).to(device=cond_embeds.device, dtype=cond_embeds.dtype)
+            if step_uncond is not None:
+                uncond_embeds = _as_batch(step_uncond).to(device=cond_embeds.device, dtype=cond_embeds.dtype)
+        return torch.cat([uncond_embeds, cond_embeds]) if do_cfg else cond_embeds
+
+    def _predict(self, latents, t, text, cond, scale, do_cfg, guidance_scale) -> tuple[torch.Tensor, int]:
+        """Guided noise prediction for ``latents`` (1 x C x F x h x w) and its F conditioning frames."""
+        c = self.components
+        num_frames = latents.shape[2]
+        model_input = torch.cat([latents] * 2) if do_cfg else latents
+        model_input = self.scheduler.scale_model_input(model_input, t)
+        text = text.repeat_interleave(repeats=num_frames, dim=0)  # (batch * F, L, D), [uncond..., cond...]
+        residuals = {}
+        calls = 0
+        if scale is not None:
+            control_input = model_input.transpose(1, 2).reshape(-1, *model_input.shape[1:2], *model_input.shape[3:])
+            control_cond = torch.cat([cond] * 2) if do_cfg else cond
+            frame_scale = isinstance(scale, torch.Tensor)
+            down, mid = c.controlnet(control_input, t, encoder_hidden_states=text, controlnet_cond=control_cond,
+                                     conditioning_scale=1.0 if frame_scale else scale, guess_mode=False,
+                                     return_dict=False)
+            calls = 1
+            if frame_scale:  # per-frame strengths: scale each frame's residuals
+                s = scale.to(device=mid.device, dtype=mid.dtype)
+                s = (torch.cat([s] * 2) if do_cfg else s).view(-1, 1, 1, 1)
+                down = [d * s for d in down]
+                mid = mid * s
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        noise_pred = c.unet(model_input, t, encoder_hidden_states=text, **residuals).sample
+        if do_cfg:
+            uncond, cond_pred = noise_pred.chunk(2)
+            noise_pred = uncond + guidance_scale * (cond_pred - uncond)
+        return noise_pred, calls
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, decode_chunk_size: int = 16, slicing: bool = False,
+               tiling: bool = False) -> torch.Tensor:
+        """1 x C x T x h x w latents → T x H x W x 3 float frames in [0, 1] (the pipeline's decode + postprocess)."""
+        vae = self.components.vae
+        latents = latents / vae.config.scaling_factor
+        b, ch, t, h, w = latents.shape
+        flat = latents.permute(0, 2, 1, 3, 4).reshape(b * t, ch, h, w)
+        with _vae_modes(vae, slicing, tiling):
+            video = torch.cat([vae.decode(flat[i:i + decode_chunk_size]).sample
+                               for i in range(0, flat.shape[0], decode_chunk_size)])
+        video = video.float()
+        return (video / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def sample_video(components, prompt: str | None = None, negative_prompt: str | None = None,
+                 **kwargs) -> SampleResult:
+    """Functional form of :class:`StructureGuidedSampler` (same keyword arguments)."""
+    return StructureGuidedSampler(components)(prompt, negative_prompt, **kwargs)
+
+
+def _as_batch(embeds: torch.Tensor) -> torch.Tensor:
+    return embeds[None] if embeds.ndim == 2 else embeds
+
+
+def _extra_step_kwargs(scheduler, generator, eta) -> dict:
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+@contextlib.contextmanager
+def _freeu(unet, freeu):
+    if not freeu:
+        yield
+        return
+    values = {**FREEU_SD15, **(freeu if isinstance(freeu, dict) else {})}
+    unet.enable_freeu(**values)
+    try:
+        yield
+    finally:
+        unet.disable_freeu()
+
+
+@contextlib.contextmanager
+def _vae_modes(vae, slicing, tiling):
+    before = (getattr(vae, "use_slicing", False), getattr(vae, "use_tiling", False))
+    if slicing:
+        vae.enable_slicing()
+    if tiling:
+        vae.enable_tiling()
+    try:
+        yield
+    finally:
+        if slicing and not before[0]:
+            vae.disable_slicing()
+        if tiling and not before[1]:
+            vae.disable_tiling()

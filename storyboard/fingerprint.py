@@ -1,0 +1,80 @@
+"""A stable hash of everything that determines a shot's output, so a rerun skips unchanged shots.
+
+The hash is the SHA-256 of a canonical JSON record (sorted keys, no whitespace) of the shot's resolved
+settings: size, frames, fps, steps, guidance, τ, seed, scheduler, prompt, negative prompt, style, text,
+motion query, its characters (token, class word, LoRA scale and the SHA-256 of the embedding file's
+content) and its clip override (the SHA-256 of the file's content and the time range). It leaves out
+what does not change the pixels: the shot's id and position, the title, the planner's analysis, and
+where files live (moving the project keeps every hash). The caller adds what the storyboard cannot know
+(the index's fingerprint, model presets, the render code's version) through ``extra``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+from storyboard.shot_settings import ShotSettings
+
+HASH_VERSION = 1
+_CHUNK = 1 << 20
+# (resolved path, size, mtime_ns) → content SHA-256, so a file used by many shots is read once.
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content (memoised per process while its size and mtime stay the same)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+        _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def shot_record(settings: ShotSettings) -> dict:
+    """The JSON record that :func:`shot_hash` hashes (files are read to hash their content)."""
+    return {
+        "hash_version": HASH_VERSION,
+        "text": settings.text,
+        "prompt": settings.prompt,
+        "motion_query": settings.motion_query,
+        "negative_prompt": settings.negative_prompt,
+        "style": settings.style,
+        "size": [settings.width, settings.height],
+        "frames": settings.frames,
+        "fps": settings.fps,
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "tau": settings.tau,
+        "seed": settings.seed,
+        "scheduler": settings.scheduler,
+        "characters": [
+            {
+                "token": character.token,
+                "class_word": character.class_word,
+                "scale": character.scale,
+                "embedding_sha256": file_sha256(character.embedding) if character.embedding else None,
+            }
+            for character in settings.characters
+        ],
+        "clip": None if settings.clip is None else {
+            "sha256": file_sha256(settings.clip.path),
+            "start": settings.clip.start,
+            "end": settings.clip.end,
+        },
+    }
+
+
+def shot_hash(settings: ShotSettings, extra: Mapping | None = None) -> str:
+    """The hex SHA-256 of the shot's record and ``extra`` (any JSON-serialisable mapping)."""
+    record = {"shot": shot_record(settings), "extra": dict(extra) if extra else {}}
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

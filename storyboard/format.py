@@ -1,0 +1,429 @@
+"""Storyboard format v1: the pydantic models of a storyboard file.
+
+A storyboard is a JSON object (``data/examples/fable.json`` is a complete one)::
+
+    {
+      "format_version": 1,
+      "title": "The Hare and the Tortoise",
+      "style": "watercolour storybook illustration",
+      "defaults": {"width": 512, "height": 512, "frames": 16, "fps": 8, "tau": 0.5, "seed": 42},
+      "characters": {
+        "hare": {"token": "<hare>", "class_word": "rabbit", "embedding": "characters/hare.safetensors"}
+      },
+      "shots": [
+        {"id": "sprint", "text": "The hare sprints ahead.", "characters": ["hare"],
+         "motion_query": "a dog running across a field", "caption": "(<hare> rabbit)1.3 sprinting",
+         "duration": 2.5},
+        {"id": "finish", "text": "The hare crosses the line.", "characters": ["hare"],
+         "clip": {"path": "clips/finish.mp4", "start": 1.0, "end": 3.0}}
+      ]
+    }
+
+Every field a shot leaves out comes from ``defaults`` (:meth:`Storyboard.shot_settings` merges them).
+Unknown fields are refused, so a typo such as ``tua`` is an error rather than a silently ignored
+setting. Relative paths (embedding files, clips) are relative to the storyboard file's folder; the
+loader (:func:`storyboard.load_storyboard`) resolves them and checks that the files exist.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Mapping
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints,
+                      ValidationInfo, field_validator, model_validator)
+
+from storyboard.errors import Problem, StoryboardError, custom_error, describe, json_path, problems_error
+from storyboard.fingerprint import shot_hash
+from storyboard.shot_ids import unique_safe_ids
+from storyboard.shot_settings import (ResolvedCharacter, ResolvedClip, ShotSettings, derive_seed,
+                                      frames_for_duration)
+
+FORMAT_VERSION = 1
+SCHEDULERS = ("ddim", "euler", "dpmpp_2m")
+DEFAULT_NEGATIVE_PROMPT = "blurry, low quality, deformed, distorted, watermark, text"
+MAX_FRAMES = 256
+MAX_SEED = 2**32 - 1
+EMBEDDING_SUFFIX = ".safetensors"
+TOKEN_PATTERN = r"^<[A-Za-z0-9_-]+>$"
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_TOKEN_IN_TEXT = re.compile(r"<[^\s<>]+>")
+
+# Constrained values, shared by the defaults and the shots that override them.
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+Size = Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
+Frames = Annotated[int, Field(ge=1, le=MAX_FRAMES)]
+Fps = Annotated[float, Field(gt=0, le=60)]
+Steps = Annotated[int, Field(ge=1, le=200)]
+Guidance = Annotated[float, Field(ge=0, le=30)]
+Tau = Annotated[float, Field(ge=0, le=1)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Scheduler = Literal["ddim", "euler", "dpmpp_2m"]
+
+
+def _check_name(name: str) -> str:
+    if not re.match(NAME_PATTERN, name):
+        raise custom_error("character_name", f"character names are 1-64 letters, digits, '_' or '-', "
+                                             f"got {describe(name)}")
+    return name
+
+
+CharacterName = Annotated[str, AfterValidator(_check_name)]
+
+
+class _Model(BaseModel):
+    # strict: "16" is not 16 and 16.0 is not a frame count; LLM output is untrusted.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
+
+
+class Defaults(_Model):
+    """Settings of every shot that does not set its own; sized for SD1.5 AnimateDiff."""
+
+    width: Size = 512
+    """Frame width in pixels: a multiple of 8 (the latent grid) from 64 to 2048."""
+    height: Size = 512
+    """Frame height in pixels: a multiple of 8 (the latent grid) from 64 to 2048."""
+    frames: Frames = 16
+    """Frames per shot (1-256), where the shot gives neither frames nor duration."""
+    fps: Fps = 8.0
+    """Frames per second of the story video; a shot's duration is converted at this rate."""
+    steps: Steps = 25
+    """Denoising steps (1-200)."""
+    guidance: Guidance = 7.5
+    """Classifier-free guidance scale (0-30)."""
+    tau: Tau = 0.5
+    """Structure guidance τ (Animate-A-Story): the fraction of denoising steps, from the first, that are
+    guided by the retrieved clip's depth; 0 = none, 1 = all."""
+    seed: Seed = 0
+    """The story's seed; a shot without its own seed derives one from it and its id."""
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    """Negative prompt of shots that give none ("" for none)."""
+    scheduler: Scheduler = "ddim"
+    """Diffusion scheduler: ddim, euler or dpmpp_2m."""
+
+
+class Character(_Model):
+    """A character kept consistent across shots by a trained TimeInv token and LoRA."""
+
+    token: str = Field(json_schema_extra={"pattern": TOKEN_PATTERN})
+    """The character's token in captions, such as <hare>: letters, digits, '_' or '-' in angle brackets."""
+    class_word: Text
+    """The kind of thing the character is (rabbit, old man), written after its token in captions."""
+    embedding: str | None = None
+    """The character's trained TimeInv + LoRA weights: a .safetensors file, relative to the storyboard's
+    folder. Leave out before the character is trained."""
+    scale: Annotated[float, Field(ge=0, le=2)] = 1.0
+    """LoRA scale (0-2)."""
+
+    @field_validator("token")
+    @classmethod
+    def _token_shape(cls, token: str) -> str:
+        if not re.match(TOKEN_PATTERN, token):
+            raise custom_error("token", "must look like <name>: letters, digits, '_' or '-' in angle brackets, "
+                                        f"got {describe(token)}")
+        return token
+
+    @field_validator("embedding")
+    @classmethod
+    def _embedding_file(cls, embedding: str | None) -> str | None:
+        if embedding is None:
+            return None
+        if not embedding.strip():
+            raise custom_error("embedding", "must not be empty (leave the field out for an untrained character)")
+        if not embedding.lower().endswith(EMBEDDING_SUFFIX):
+            raise custom_error("embedding", f"must be a {EMBEDDING_SUFFIX} file (only safetensors are loaded), "
+                                            f"got {describe(embedding)}")
+        return embedding
+
+
+class ClipOverride(_Model):
+    """A clip that gives a shot its motion directly: retrieval is skipped for the shot."""
+
+    path: Text
+    """The video file, relative to the storyboard's folder."""
+    start: Annotated[float, Field(ge=0)] = 0.0
+    """Start of the segment in seconds."""
+    end: Annotated[float, Field(gt=0)]
+    """End of the segment in seconds, after start."""
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, end: float, info: ValidationInfo) -> float:
+        start = info.data.get("start")
+        if start is not None and end <= start:
+            raise custom_error("clip_range", f"must be after start ({start:g} s), got {end:g}")
+        return end
+
+
+class Shot(_Model):
+    """One shot of the story."""
+
+    id: Text
+    """Unique name of the shot; output files use a sanitised form (Storyboard.safe_id)."""
+    text: Text
+    """What happens in the shot, in words."""
+    characters: list[str] = Field(default_factory=list)
+    """Names of the characters in the shot (keys of the storyboard's characters)."""
+    motion_query: Text | None = None
+    """The text that retrieves the shot's motion from the video library (default: text)."""
+    caption: Text | None = None
+    """The diffusion prompt, with compel weighting such as (<hare> rabbit)1.3 sprinting (default: text)."""
+    negative_prompt: str | None = None
+    """The shot's negative prompt, replacing the default's ("" for none)."""
+    analysis: str | None = None
+    """The planner's reasoning for this shot; not used by the render."""
+    frames: Frames | None = None
+    """Frame count (1-256); give frames or duration, not both."""
+    duration: Annotated[float, Field(gt=0)] | None = None
+    """Length in seconds, converted to frames at defaults.fps; give frames or duration, not both."""
+    seed: Seed | None = None
+    """The shot's seed (default: derived from defaults.seed and the shot's id)."""
+    tau: Tau | None = None
+    """The shot's structure guidance τ (default: defaults.tau)."""
+    clip: ClipOverride | None = None
+    """A clip that gives the shot its motion instead of retrieval."""
+
+    @model_validator(mode="after")
+    def _frames_or_duration(self) -> "Shot":
+        if self.frames is not None and self.duration is not None:
+            raise problems_error([(("duration",), f"give frames or duration, not both "
+                                                  f"(frames is {self.frames}, duration {self.duration:g} s)")])
+        return self
+
+
+class Storyboard(_Model):
+    """A storyboard: the story's shots, its characters and the render settings they share."""
+
+    format_version: int = FORMAT_VERSION
+    """Version of the storyboard format; this storyreel reads version 1."""
+    title: Text
+    """The story's title."""
+    style: str = ""
+    """The visual style of the whole story (for example "watercolour storybook illustration")."""
+    analysis: str | None = None
+    """The planner's reasoning for the whole story; not used by the render."""
+    defaults: Defaults = Field(default_factory=Defaults)
+    """Settings of every shot that does not set its own."""
+    characters: dict[CharacterName, Character] = Field(default_factory=dict,
+                                                       json_schema_extra={"propertyNames": {"pattern": NAME_PATTERN}})
+    """The story's characters by name."""
+    shots: list[Shot] = Field(min_length=1)
+    """The shots, in story order."""
+
+    _source: Path | None = PrivateAttr(default=None)
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if version != FORMAT_VERSION:
+            raise custom_error("format_version", f"this storyreel reads storyboard format version "
+                                                 f"{FORMAT_VERSION}, got {describe(version)}")
+        return version
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Storyboard":
+        problems = self._cross_field_problems()
+        if problems:
+            raise problems_error(problems)
+        return self
+
+    def _cross_field_problems(self) -> list[tuple[tuple, str]]:
+        problems: list[tuple[tuple, str]] = []
+        token_owner: dict[str, str] = {}
+        for name, character in self.characters.items():
+            if character.token in token_owner:
+                problems.append((("characters", name, "token"),
+                                 f"token {character.token!r} is also the token of {token_owner[character.token]!r}"))
+            token_owner.setdefault(character.token, name)
+        first_index: dict[str, int] = {}
+        for i, shot in enumerate(self.shots):
+            if shot.id in first_index:
+                problems.append((("shots", i, "id"),
+                                 f"duplicate shot id {shot.id!r} (also shots[{first_index[shot.id]}].id)"))
+            first_index.setdefault(shot.id, i)
+            seen: set[str] = set()
+            for j, name in enumerate(shot.characters):
+                if name not in self.characters:
+                    known = ", ".join(sorted(self.characters)) or "none"
+                    problems.append((("shots", i, "characters", j),
+                                     f"unknown character {name!r} (the storyboard's characters: {known})"))
+                elif name in seen:
+                    problems.append((("shots", i, "characters", j), f"character {name!r} is listed twice"))
+                seen.add(name)
+            for token in _TOKEN_IN_TEXT.findall(shot.caption or ""):
+                owner = token_owner.get(token)
+                if owner is None:
+                    problems.append((("shots", i, "caption"), f"{token} is not the token of any character"))
+                elif owner not in shot.characters:
+                    problems.append((("shots", i, "caption"), f"uses {token}, the token of {owner!r}, "
+                                                              f"who is not in shots[{i}].characters"))
+            if shot.duration is not None:
+                frames = frames_for_duration(shot.duration, self.defaults.fps)
+                if frames > MAX_FRAMES:
+                    problems.append((("shots", i, "duration"),
+                                     f"{shot.duration:g} s at {self.defaults.fps:g} fps is {frames} frames; "
+                                     f"a shot has at most {MAX_FRAMES}"))
+        return problems
+
+    # -- where the storyboard came from, and its paths ------------------------------------------------
+
+    @property
+    def source(self) -> Path | None:
+        """The file the storyboard was loaded from (None when it was built in memory)."""
+        return self._source
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The folder relative paths are relative to: the file's folder (None: the current directory)."""
+        return self._base_dir
+
+    def attach_source(self, source: str | Path | None, base_dir: str | Path | None = None) -> "Storyboard":
+        """Record that the storyboard was read from ``source`` (named in errors) and that its relative
+        paths start at ``base_dir`` (default: ``source``'s folder). Changes ``self`` and returns it."""
+        self._source = Path(source) if source is not None else None
+        if base_dir is None and source is not None:
+            base_dir = Path(source).parent
+        self._base_dir = Path(os.path.abspath(base_dir)) if base_dir is not None else None
+        return self
+
+    def resolve_path(self, path: str | Path) -> Path:
+        """An absolute path for a path written in the storyboard (``~`` expanded, absolute kept)."""
+        path = Path(path).expanduser()
+        if path.is_absolute():
+            return path
+        return Path(os.path.abspath((self._base_dir or Path.cwd()) / path))
+
+    def referenced_files(self, shot: str | int | None = None) -> list[tuple[str, Path]]:
+        """``(JSON path, resolved path)`` of every file the storyboard (or one shot) uses."""
+        files: list[tuple[str, Path]] = []
+        if shot is None:
+            names = list(self.characters)
+            shots = list(enumerate(self.shots))
+        else:
+            index = self.shot_index(shot)
+            names = self.shots[index].characters
+            shots = [(index, self.shots[index])]
+        for name in names:
+            if self.characters[name].embedding is not None:
+                files.append((json_path(("characters", name, "embedding")),
+                              self.resolve_path(self.characters[name].embedding)))
+        for i, item in shots:
+            if item.clip is not None:
+                files.append((json_path(("shots", i, "clip", "path")), self.resolve_path(item.clip.path)))
+        return files
+
+    def missing_files(self, shot: str | int | None = None) -> list[Problem]:
+        """A problem for every referenced file that does not exist, naming its JSON path and resolved path."""
+        problems = []
+        for path_in_json, path in self.referenced_files(shot):
+            if not path.is_file():
+                reason = "is a folder, not a file" if path.is_dir() else "file not found"
+                problems.append(Problem(path_in_json, f"{reason}: {path}"))
+        return problems
+
+    # -- shots ----------------------------------------------------------------------------------------
+
+    def shot_index(self, shot: str | int) -> int:
+        """The position of a shot given by id or position; ``KeyError`` for an unknown one."""
+        if isinstance(shot, int) and not isinstance(shot, bool):
+            if -len(self.shots) <= shot < len(self.shots):
+                return shot % len(self.shots)
+            raise KeyError(f"no shot {shot}: the storyboard has {len(self.shots)} shots")
+        for i, item in enumerate(self.shots):
+            if item.id == shot:
+                return i
+        raise KeyError(f"no shot with id {shot!r}; the shots are {', '.join(s.id for s in self.shots)}")
+
+    def shot(self, shot: str | int) -> Shot:
+        """A shot given by id or position."""
+        return self.shots[self.shot_index(shot)]
+
+    def safe_ids(self) -> dict[str, str]:
+        """Each shot's id → a distinct name of ``[A-Za-z0-9_-]`` for its files (see :mod:`storyboard.shot_ids`)."""
+        return dict(zip((s.id for s in self.shots), unique_safe_ids(s.id for s in self.shots)))
+
+    def safe_id(self, shot: str | int) -> str:
+        """The file-safe name of one shot."""
+        return self.safe_ids()[self.shot(shot).id]
+
+    def shot_frames(self, shot: str | int) -> int:
+        """The shot's frame count: its frames, or its duration at ``defaults.fps``, or ``defaults.frames``."""
+        item = self.shot(shot)
+        if item.frames is not None:
+            return item.frames
+        if item.duration is not None:
+            return frames_for_duration(item.duration, self.defaults.fps)
+        return self.defaults.frames
+
+    def shot_seed(self, shot: str | int) -> int:
+        """The shot's seed, or one derived from ``defaults.seed`` and its id (:func:`derive_seed`)."""
+        item = self.shot(shot)
+        return item.seed if item.seed is not None else derive_seed(self.defaults.seed, item.id)
+
+    def character(self, name: str) -> ResolvedCharacter:
+        """A character with its embedding path resolved."""
+        character = self.characters[name]
+        embedding = self.resolve_path(character.embedding) if character.embedding is not None else None
+        return ResolvedCharacter(name, character.token, character.class_word, embedding, character.scale)
+
+    def shot_settings(self, shot: str | int) -> ShotSettings:
+        """Everything the render needs for one shot (given by id or position), defaults merged in."""
+        index = self.shot_index(shot)
+        item, defaults = self.shots[index], self.defaults
+        clip = None
+        if item.clip is not None:
+            clip = ResolvedClip(self.resolve_path(item.clip.path), item.clip.start, item.clip.end)
+        return ShotSettings(
+            index=index,
+            id=item.id,
+            safe_id=self.safe_id(index),
+            text=item.text,
+            prompt=item.caption if item.caption is not None else item.text,
+            motion_query=item.motion_query if item.motion_query is not None else item.text,
+            negative_prompt=item.negative_prompt if item.negative_prompt is not None else defaults.negative_prompt,
+            style=self.style,
+            width=defaults.width,
+            height=defaults.height,
+            frames=self.shot_frames(index),
+            fps=defaults.fps,
+            steps=defaults.steps,
+            guidance=defaults.guidance,
+            tau=item.tau if item.tau is not None else defaults.tau,
+            seed=self.shot_seed(index),
+            scheduler=defaults.scheduler,
+            characters=tuple(self.character(name) for name in item.characters),
+            clip=clip,
+        )
+
+    def all_shot_settings(self) -> list[ShotSettings]:
+        """:meth:`shot_settings` of every shot, in story order."""
+        return [self.shot_settings(i) for i in range(len(self.shots))]
+
+    def settings_hash(self, shot: str | int, extra: Mapping | None = None) -> str:
+        """A stable SHA-256 (hex) of everything that determines the shot's output
+        (:mod:`storyboard.fingerprint`); ``extra`` adds what the caller knows (index, models, code version).
+        Raises :class:`StoryboardError` when a file the shot uses is missing."""
+        missing = self.missing_files(shot)
+        if missing:
+            raise StoryboardError(missing, self._source)
+        return shot_hash(self.shot_settings(shot), extra)
+
+
+def storyboard_json_schema() -> dict:
+    """The JSON Schema of a storyboard file (what ``render-story --schema`` prints)."""
+    schema = copy.deepcopy(Storyboard.model_json_schema())
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **schema,
+        "title": f"storyreel storyboard (format version {FORMAT_VERSION})",
+        "description": (
+            "A story for storyreel's render-story: shots whose motion is retrieved from real footage (or "
+            "given as a clip), characters kept consistent by trained TimeInv + LoRA files, and the render "
+            "settings shots share. Relative paths are relative to the storyboard file's folder; unknown "
+            "fields are errors."
+        ),
+    }

@@ -1,0 +1,106 @@
+"""What one shot resolves to: the storyboard's defaults merged with the shot's own fields.
+
+:meth:`storyboard.Storyboard.shot_settings` returns a :class:`ShotSettings`, so render code reads every
+setting of a shot from one object, with paths already resolved against the storyboard's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+def frames_for_duration(duration: float, fps: float) -> int:
+    """Seconds → frames at ``fps``: the nearest whole number (halves round up), at least 1."""
+    return max(1, math.floor(duration * fps + 0.5))
+
+
+def derive_seed(story_seed: int, shot_id: str) -> int:
+    """The seed of a shot that sets none: a hash of the story's seed and the shot's id, in [0, 2**32).
+
+    It depends on the shot's id rather than its position, so inserting, removing or reordering other
+    shots leaves it (and the shot's render) unchanged.
+    """
+    digest = hashlib.sha256(f"storyreel-shot-seed:{story_seed}:{shot_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+@dataclass(frozen=True)
+class ResolvedCharacter:
+    """A character as the render loads it; ``embedding`` is an absolute path, or None before training."""
+
+    name: str
+    token: str
+    class_word: str
+    embedding: Path | None
+    scale: float
+
+
+@dataclass(frozen=True)
+class ResolvedClip:
+    """A shot's clip override: this segment (seconds) of this file is its motion, not a retrieved one."""
+
+    path: Path
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class ShotSettings:
+    """Everything the render needs for one shot.
+
+    ``prompt`` is the shot's caption, or its text where it has no caption; ``motion_query`` is its
+    motion query, or its text; ``negative_prompt`` is the shot's own, or the default. ``tau`` is the
+    fraction of denoising steps that are guided by the retrieved clip's depth (Animate-A-Story's τ).
+    """
+
+    index: int
+    id: str
+    safe_id: str
+    text: str
+    prompt: str
+    motion_query: str
+    negative_prompt: str
+    style: str
+    width: int
+    height: int
+    frames: int
+    fps: float
+    steps: int
+    guidance: float
+    tau: float
+    seed: int
+    scheduler: str
+    characters: tuple[ResolvedCharacter, ...]
+    clip: ResolvedClip | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` in pixels."""
+        return self.width, self.height
+
+    @property
+    def duration(self) -> float:
+        """The shot's length in seconds."""
+        return self.frames / self.fps
+
+    @property
+    def uses_retrieval(self) -> bool:
+        """False when a clip override gives the shot its motion."""
+        return self.clip is None
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (paths as strings), for logs and render manifests."""
+        return _jsonable(asdict(self))
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
