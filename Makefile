@@ -28,7 +28,9 @@ demo: install
 	set -- $$($(BIN)/python -c "import json; r = json.load(open('$(DEMO)/top.json'))[0]; print(r['path'], r['start'], r['end'])") && \
 	  $(BIN)/extract-depth "$$1" --start "$$2" --end "$$3" --frames 16 --size 256x256 --models tiny \
 	    --cache-dir $(DEMO)/depth-cache --out $(DEMO)/depth.npz --preview $(DEMO)/depth.gif --strip $(DEMO)/depth.png
-	@echo "demo outputs are in $(DEMO)/: index/, top.png (search), depth.npz, depth.gif, depth.png (structure)"
+	$(BIN)/render-story data/examples/fable.json --index $(DEMO)/index --out $(DEMO)/story --models tiny
+	@echo "demo outputs are in $(DEMO)/: index/, top.png (search), depth.npz, depth.gif, depth.png (structure),"
+	@echo "  story/ (story.mp4, storyboard.png, report.json, shots/*.mp4|gif: the example storyboard rendered)"
 
 clean:
 	rm -rf $(DEMO) data/sample_clips

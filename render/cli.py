@@ -1,0 +1,69 @@
+"""``render-story storyboard.json --index INDEX --out OUT [--models tiny]``: a storyboard → videos and a report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("storyboard", required=False, type=click.Path(path_type=Path))
+@click.option("--index", type=click.Path(path_type=Path), default=None,
+              help="Index folder (from `build-index`); needed unless every shot has a clip override.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder: shots/, story.mp4, storyboard.png, report.json.")
+@click.option("--models", default="sd15", show_default=True,
+              help="Model preset: sd15 (SD1.5 + AnimateDiff + depth ControlNet, DPT-Hybrid depth) or tiny.")
+@click.option("--crossfade", type=float, default=0.0, show_default=True,
+              help="Crossfade between shots in story.mp4, seconds.")
+@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: one process; ray: one shot per GPU (not implemented yet).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--schema", is_flag=True, help="Print the storyboard JSON Schema and exit.")
+def main(storyboard, index, out, models, crossfade, device, engine, no_progress, schema):
+    """Render STORYBOARD (a storyboard JSON file) shot by shot; rerunning skips unchanged shots."""
+    if schema:
+        from storyboard import storyboard_json_schema
+
+        click.echo(json.dumps(storyboard_json_schema(), indent=2))
+        return
+    if storyboard is None:
+        _fail("give a STORYBOARD file (or --schema)")
+    if out is None:
+        _fail("give --out OUT, the output folder")
+    if engine == "ray":
+        _fail("--engine ray is not implemented yet; use --engine local")
+
+    from render.story import StoryInputError, StoryOptions, prepare_story, render_story
+
+    options = StoryOptions(storyboard=storyboard, out=out, index=index, models=models, crossfade=crossfade,
+                           device=device, progress=not no_progress)
+    try:
+        plan = prepare_story(options)
+    except StoryInputError as exc:
+        _fail(str(exc))
+    from render.model_loading import ModelConfigError
+    from retrieval.clip_models import ModelLoadError
+
+    try:
+        report = render_story(plan, echo=click.echo)
+    except (ModelLoadError, ModelConfigError) as exc:  # render and depth loaders' own messages
+        _fail(str(exc))
+    except (RuntimeError, ValueError, OSError) as exc:  # a shot that cannot be made; finished shots are kept
+        click.echo(f"error: {exc} (finished shots are kept; rerun to resume)", err=True)
+        sys.exit(1)
+    click.echo(f"rendered {len(report['rendered'])}, skipped {len(report['skipped'])} "
+               f"(unchanged) in {report['seconds']:.1f} s; outputs in {out}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""`render-story`: a storyboard → shot videos, story.mp4, storyboard.png and report.json (tiny models)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from render.cli import main
+from render.video_files import join_shots
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "data" / "examples" / "fable.json"
+
+
+def cheap_storyboard(folder: Path, edit=None) -> Path:
+    """The fable at 64x64, 8 frames, 3 steps (about a second of tiny rendering per shot)."""
+    data = json.loads(EXAMPLE.read_text())
+    data["defaults"].update(width=64, height=64, frames=8, steps=3)
+    for shot in data["shots"]:
+        shot.pop("duration", None)
+    if edit:
+        edit(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "fable.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args] + ["--no-progress"], catch_exceptions=False)
+
+
+def probe(path: Path) -> tuple[int, float, int, int]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return frames, float(stream.average_rate), stream.codec_context.width, stream.codec_context.height
+
+
+def mtimes(out: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted((out / "shots").glob("*.mp4"))}
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def story_run(tmp_path_factory, tiny_index):
+    folder = tmp_path_factory.mktemp("story")
+    storyboard = cheap_storyboard(folder)
+    out = folder / "out"
+    result = run(storyboard, "--index", tiny_index, "--out", out, "--models", "tiny")
+    assert result.exit_code == 0, result.output
+    return storyboard, out, result.output
+
+
+def test_writes_every_file(story_run):
+    storyboard, out, output = story_run
+    ids = [shot["id"] for shot in json.loads(storyboard.read_text())["shots"]]
+    for shot in ids:
+        for suffix in (".mp4", ".gif", ".json"):
+            assert (out / "shots" / f"{shot}{suffix}").is_file()
+    for name in ("story.mp4", "storyboard.png", "report.json"):
+        assert (out / name).is_file()
+    assert not list(out.rglob(".*.tmp"))
+    for shot in ids:  # the final table
+        assert shot in output
+
+
+def test_videos_match_the_storyboard(story_run):
+    _, out, _ = story_run
+    report = json.loads((out / "report.json").read_text())
+    total = 0
+    for shot in report["shots"]:
+        frames, fps, width, height = probe(out / "shots" / f"{shot['safe_id']}.mp4")
+        assert (frames, fps, width, height) == (8, 8.0, 64, 64)
+        total += frames
+    with av.open(str(out / "story.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert stream.codec_context.pix_fmt == "yuv420p"
+    assert probe(out / "story.mp4")[:2] == (total, 8.0)
+    from PIL import Image
+
+    with Image.open(out / "shots" / f"{report['shots'][0]['safe_id']}.gif") as gif:
+        assert gif.n_frames == 8
+
+
+def test_report_records_every_decision_without_shared_footage(story_run, tiny_index):
+    storyboard, out, _ = story_run
+    report = json.loads((out / "report.json").read_text())
+    story = json.loads(storyboard.read_text())
+    assert [s["id"] for s in report["shots"]] == [s["id"] for s in story["shots"]]
+    for entry, shot in zip(report["shots"], story["shots"]):
+        assert entry["query"] == shot["motion_query"]
+        assert entry["segment"]["source"] == "retrieval"
+        assert {"path", "start", "end", "score"} <= set(entry["segment"])
+        for key in ("seed", "tau", "steps", "scheduler", "controlnet_calls", "settings_hash", "timings_s"):
+            assert key in entry
+        assert entry["controlnet_calls"] >= 1
+    assert report["shots"][3]["seed"] == 7 and report["shots"][1]["tau"] == 0.6
+    assert report["models"]["preset"] == "tiny" and report["models"]["depth_model"] == "tiny"
+    assert report["models"]["render"]["preset"] == "tiny"
+    assert report["index"]["path"] == str(Path(tiny_index).resolve())
+    assert report["index"]["model"]["spec"] == "tiny"
+    segments = [s["segment"] for s in report["shots"]]
+    for i, a in enumerate(segments):
+        for b in segments[i + 1:]:
+            assert not (a["path"] == b["path"] and a["start"] < b["end"] and b["start"] < a["end"]), (a, b)
+
+
+def test_rerun_skips_and_an_edit_renders_one_shot(story_run, tiny_index, tmp_path):
+    storyboard, first_out, _ = story_run
+    out = tmp_path / "out"
+    shutil.copytree(first_out, out)  # copy2: mtimes kept
+    before = mtimes(out)
+
+    result = run(storyboard, "--index", tiny_index, "--out", out, "--models", "tiny")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["rendered"] == [] and len(report["skipped"]) == 4
+    assert mtimes(out) == before
+
+    def edit(data):
+        data["shots"][2]["text"] = "The tortoise walks on and on, slowly and steadily, past the sleeping hare."
+    edited = cheap_storyboard(storyboard.parent / "edited", edit)
+    result = run(edited, "--index", tiny_index, "--out", out, "--models", "tiny")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["rendered"] == ["plod"]
+    after = mtimes(out)
+    assert [name for name in before if after[name] != before[name]] == ["plod.mp4"]
+    segments = [s["segment"] for s in report["shots"]]
+    for i, a in enumerate(segments):
+        for b in segments[i + 1:]:
+            assert not (a["path"] == b["path"] and a["start"] < b["end"] and b["start"] < a["end"])
+
+
+def test_clip_override_skips_retrieval_and_crossfade(tmp_path, synthetic_library):
+    clip = sorted(Path(synthetic_library).rglob("*.mp4"))[0]
+
+    def edit(data):
+        data["shots"] = data["shots"][:2]
+        for shot in data["shots"]:
+            shot["clip"] = {"path": str(clip), "start": 0.0, "end": 1.0}
+    storyboard = cheap_storyboard(tmp_path, edit)
+    out = tmp_path / "out"
+    result = run(storyboard, "--out", out, "--models", "tiny", "--crossfade", "0.25")  # no --index needed
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert [s["segment"]["source"] for s in report["shots"]] == ["clip_override"] * 2
+    assert report["shots"][0]["segment"]["path"] == str(clip) and report["shots"][0]["segment"]["end"] == 1.0
+    assert report["index"] is None
+    assert probe(out / "story.mp4")[0] == 8 + 8 - 2  # 0.25 s at 8 fps overlap
+
+
+def test_join_shots_crossfade():
+    a, b = np.zeros((4, 8, 8, 3), np.uint8), np.full((4, 8, 8, 3), 200, np.uint8)
+    assert len(join_shots([a, b], fps=8)) == 8
+    joined = join_shots([a, b], fps=8, crossfade=0.25)
+    assert len(joined) == 6
+    assert 0 < joined[2].mean() < joined[3].mean() < 200
+
+
+def test_malformed_storyboard_fails_before_touching_out(tmp_path, tiny_index):
+    storyboard = cheap_storyboard(tmp_path, lambda data: data["shots"][1].update(tau=3))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    before = snapshot(out)
+    result = run(storyboard, "--index", tiny_index, "--out", out, "--models", "tiny")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ")
+    assert "shots[1].tau" in result.output
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--index", "{missing}"], "no such index folder"),
+    ([], "--index"),
+    (["--index", "{index}", "--models", "huge"], "unknown --models value"),
+    (["--index", "{index}", "--engine", "ray"], "not implemented"),
+])
+def test_bad_options_exit_2_and_write_nothing(tmp_path, tiny_index, args, message):
+    storyboard = cheap_storyboard(tmp_path)
+    out = tmp_path / "out"
+    args = [a.format(missing=tmp_path / "no-index", index=tiny_index) for a in args]
+    result = run(storyboard, "--out", out, "--models", "tiny", *args) if "--models" not in args else \
+        run(storyboard, "--out", out, *args)
+    assert result.exit_code == 2, result.output
+    assert "error: " in result.output and message in result.output
+    assert not out.exists()
+
+
+def test_missing_clip_file_is_an_input_error(tmp_path):
+    storyboard = cheap_storyboard(tmp_path, lambda data: data["shots"][0].update(
+        clip={"path": "nowhere.mp4", "start": 0, "end": 1}))
+    result = run(storyboard, "--out", tmp_path / "out", "--models", "tiny")
+    assert result.exit_code == 2
+    assert "nowhere.mp4" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_schema():
+    result = CliRunner().invoke(main, ["--schema"])
+    assert result.exit_code == 0
+    assert "shots" in json.loads(result.output)["properties"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("STORYREEL_FULL_EXAMPLE"),
+                    reason="the full-size example takes about 70 s on a CPU; set STORYREEL_FULL_EXAMPLE=1")
+def test_full_example_storyboard(tmp_path, tiny_index):
+    out = tmp_path / "out"
+    result = run(EXAMPLE, "--index", tiny_index, "--out", out, "--models", "tiny")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    total = 0
+    for shot in report["shots"]:
+        frames, fps, width, height = probe(out / "shots" / f"{shot['safe_id']}.mp4")
+        assert (frames, fps, width, height) == (shot["frames"], 8.0, 256, 256)
+        total += frames
+    assert probe(out / "story.mp4")[0] == total == 16 + 20 + 16 + 16
+
+
+def test_clip_range_past_the_end_is_an_input_error(tmp_path, synthetic_library):
+    clip = sorted(Path(synthetic_library).rglob("*.mp4"))[0]
+    storyboard = cheap_storyboard(tmp_path, lambda data: data["shots"][0].update(
+        clip={"path": str(clip), "start": 0, "end": 999}))
+    result = run(storyboard, "--out", tmp_path / "out", "--models", "tiny", "--index", tmp_path / "nothing")
+    assert result.exit_code == 2
+    assert "past the end" in result.output
+    assert not (tmp_path / "out").exists()
