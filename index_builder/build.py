@@ -20,7 +20,7 @@ from index_builder.sources import SourceError, SourceReport, VideoJob, read_json
 from index_builder.store import IndexStore
 from index_builder.tuning_queries import MOTION_QUERIES
 from retrieval import atomic_files
-from retrieval.index_format import ERRORS_FILE, FAISS_FILE, FORMAT_VERSION, MANIFEST_FILE
+from retrieval.index_format import ERRORS_FILE, FAISS_FILE, FORMAT_VERSION, MANIFEST_FILE, IndexFormatError, Manifest
 
 
 class BuildError(RuntimeError):
@@ -145,7 +145,11 @@ def build_index(options: BuildOptions, decode_function=None) -> BuildSummary:
         if pending:
             _run_engine(options, pending, decode_settings, embedder, store, decode_function)
         store.flush()
-        factory = _finalize(options, store, embedder, report, settings)
+        if pending or not _index_is_current(out, options.factory):
+            factory = _finalize(options, store, embedder, report, settings)
+        else:  # nothing new: keep the index as it is (an IVF rebuild and tuning can take minutes)
+            atomic_files.write_jsonl(out / ERRORS_FILE, store.error_rows() + report.problems)
+            factory = Manifest.read(out).factory
         return BuildSummary(out, store.counts(), len([p for p in report.problems if "line" in p]), factory,
                             time.monotonic() - started, len(pending))
     finally:
@@ -183,6 +187,16 @@ def _run_engine(options, pending, decode_settings, embedder, store, decode_funct
                 store.add_video(decoded, vectors)
             bar.update(1)
             bar.set_postfix(segments=segments, errors=errors, refresh=False)
+
+
+def _index_is_current(out: Path, factory: str | None) -> bool:
+    """Whether ``out`` holds a finished index whose FAISS file matches its manifest (and the factory asked for)."""
+    try:
+        manifest = Manifest.read(out)
+        data = (out / FAISS_FILE).read_bytes()
+    except (IndexFormatError, OSError):
+        return False
+    return hashlib.sha256(data).hexdigest() == manifest.faiss_sha256 and factory in (None, manifest.factory)
 
 
 @contextlib.contextmanager

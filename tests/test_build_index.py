@@ -221,8 +221,10 @@ def test_update_adds_new_videos_without_touching_old_ones(tmp_path, real_clips):
     assert first.returncode == 0, first.stderr
     old_meta, old_ids, old_vectors = _segments_and_vectors(out)
 
+    index_time = (out / "index.faiss").stat().st_mtime_ns
     same = _cli(library, "--out", out, "--models", "tiny")
     assert same.returncode == 0 and "0 processed in this run" in same.stdout
+    assert (out / "index.faiss").stat().st_mtime_ns == index_time, "a no-op rerun keeps the index as it is"
 
     (library / "juggle").mkdir()
     shutil.copy(real_clips / "v_SoccerJuggling_g23_c01.avi", library / "juggle" / "b.avi")
