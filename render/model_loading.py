@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from render import model_presets as presets
-from retrieval.clip_models import ModelLoadError
+from retrieval.clip_models import ModelLoadError, default_device
 
 COMPONENT_KEYS = ("base", "tokenizer", "text_encoder", "vae", "unet", "motion_adapter", "controlnet")
 BASE_PARTS = ("tokenizer", "text_encoder", "vae", "unet")
@@ -428,10 +428,6 @@ def load_component(name: str, source: ComponentSource, dtype: torch.dtype = torc
 
 
 # -- building -------------------------------------------------------------------------------------------
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _build_generated(preset: str, wanted: set[str], device: torch.device, merge: bool) -> dict:
     build = presets.build_tiny_components if preset == presets.TINY else presets.build_random_components
     # tiny weights are made on the CPU (the same on every machine); real sizes directly where they will run

@@ -186,8 +186,6 @@ class _Models:
 
 def render_story(plan: StoryPlan, echo: Callable[[str], None] = print) -> dict:
     """Render the shots that changed, then rebuild story.mp4, storyboard.png and report.json; return the report."""
-    from render.video_files import fps_fraction  # noqa: F401  (fails early if PyAV is missing)
-
     options, out = plan.options, plan.out
     started = time.perf_counter()
     sidecars = {}

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval.clip_models import ModelLoadError
+from retrieval.clip_models import ModelLoadError, default_device
 
 DEFAULT_MODEL = "dpt-hybrid"
 TINY = "tiny"
@@ -123,10 +123,6 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().flatten()[:4096].to(torch.float32).cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class DepthEstimator:
