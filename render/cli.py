@@ -26,10 +26,14 @@ def _fail(message: str) -> None:
               help="Crossfade between shots in story.mp4, seconds.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: one process; ray: one shot per GPU (not implemented yet).")
+              help="local: one process; ray: shots in parallel on Ray workers, one per GPU.")
+@click.option("--workers", type=int, default=None,
+              help="--engine ray: render workers [default: one per GPU, else 1].")
+@click.option("--cpu-offload", is_flag=True,
+              help="Keep the models on the CPU and move each to the GPU only while it is used (less GPU memory).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--schema", is_flag=True, help="Print the storyboard JSON Schema and exit.")
-def main(storyboard, index, out, models, crossfade, device, engine, no_progress, schema):
+def main(storyboard, index, out, models, crossfade, device, engine, workers, cpu_offload, no_progress, schema):
     """Render STORYBOARD (a storyboard JSON file) shot by shot; rerunning skips unchanged shots."""
     if schema:
         from storyboard import storyboard_json_schema
@@ -40,13 +44,12 @@ def main(storyboard, index, out, models, crossfade, device, engine, no_progress,
         _fail("give a STORYBOARD file (or --schema)")
     if out is None:
         _fail("give --out OUT, the output folder")
-    if engine == "ray":
-        _fail("--engine ray is not implemented yet; use --engine local")
 
     from render.story import StoryInputError, StoryOptions, prepare_story, render_story
 
     options = StoryOptions(storyboard=storyboard, out=out, index=index, models=models, crossfade=crossfade,
-                           device=device, progress=not no_progress)
+                           device=device, progress=not no_progress, engine=engine, workers=workers,
+                           cpu_offload=cpu_offload)
     try:
         plan = prepare_story(options)
     except StoryInputError as exc:

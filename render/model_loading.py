@@ -145,10 +145,28 @@ class RenderComponents:
     scheduler_name: str = presets.DEFAULT_SCHEDULER
     sources: dict[str, ComponentSource] = field(default_factory=dict)
     config_fingerprints: dict[str, str] = field(default_factory=dict)  # at load time, incl. motion_adapter
+    offload: Any = None  # a render.model_offload.ModelOffload after enable_model_cpu_offload()
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        """Where the computation runs: the UNet's device, or the execution device under CPU offload."""
+        return self.offload.execution_device if self.offload is not None else self.unet.device
+
+    def enable_model_cpu_offload(self, device: str | torch.device | None = None) -> "RenderComponents":
+        """Keep the models on the CPU and move each to ``device`` (default: the current device, else CUDA)
+        only for the phase that uses it (:mod:`render.model_offload`)."""
+        from render.model_offload import ModelOffload
+
+        if self.offload is None:
+            target = torch.device(device) if device is not None else (
+                self.unet.device if self.unet.device.type != "cpu" else default_device())
+            self.offload = ModelOffload(self, target)
+        return self
+
+    def use(self, *names: str) -> None:
+        """Under CPU offload, put exactly these models on the execution device; otherwise nothing to do."""
+        if self.offload is not None:
+            self.offload.use(*names)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -192,6 +210,7 @@ class RenderComponents:
                           "config": {k: v for k, v in dict(self.scheduler.config).items() if not k.startswith("_")}},
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "cpu_offload": self.offload is not None,
         }
 
 

@@ -20,7 +20,8 @@ reproduces exactly with ``tau=1``), plus what Animate-A-Story's renderer needs::
   (TimeInv characters: one embedding per timestep); ``None`` for uncond keeps the negative prompt's.
 * **Long shots**: more frames than ``context_window`` (16) are denoised in overlapping windows (stride 8)
   through UNet *and* ControlNet, noise predictions fused with pyramid weights (:mod:`render.context_windows`).
-* FreeU (``freeu=True`` or a dict of s1, s2, b1, b2), VAE slicing / tiling, autocast on CUDA.
+* FreeU (``freeu=True`` or a dict of s1, s2, b1, b2), VAE slicing / tiling, autocast on CUDA, and model CPU
+  offload (``components.enable_model_cpu_offload()``: each model on the GPU only for its phase).
 
 Classifier-free guidance batches ``[uncond, cond]`` like diffusers; ``guidance_scale <= 1`` turns it off.
 """
@@ -116,6 +117,8 @@ class StructureGuidedSampler:
 
         # 2. Text: [uncond, cond] for classifier-free guidance.
         do_cfg = guidance_scale > 1.0
+        if prompt_embeds is None or (do_cfg and negative_prompt_embeds is None):
+            c.use("text_encoder")  # CPU offload: only the text encoder on the GPU (no-op otherwise)
         if prompt_embeds is None:
             if prompt is None:
                 raise ValueError("give a prompt or prompt_embeds")
@@ -144,8 +147,11 @@ class StructureGuidedSampler:
         weights = window_weights(context_window, context_weighting).to(device=device, dtype=latents.dtype)
         controlnet_calls = 0
 
+        # CPU offload: the denoising models (and the text encoder when embeddings change per step) on the GPU.
+        c.use("unet", "controlnet", *(("text_encoder",) if prompt_embeds_for_step is not None else ()))
         with contextlib.ExitStack() as stack:
             stack.enter_context(_freeu(c.unet, freeu))
+            stack.callback(c.use)  # CPU offload: everything back on the CPU when the render ends or fails
             if autocast_dtype is not None and device.type == "cuda":
                 stack.enter_context(torch.autocast("cuda", dtype=autocast_dtype))
             # 4. The denoising loop.
@@ -177,6 +183,7 @@ class StructureGuidedSampler:
             # 5. Decode.
             frames_out = None
             if output_type != "latent":
+                c.use("vae")
                 frames_out = self.decode(latents, decode_chunk_size, vae_slicing, vae_tiling)
                 if output_type == "np":
                     frames_out = (frames_out.cpu().numpy() * 255).round().astype(np.uint8)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,9 @@ class StoryOptions:
     crossfade: float = 0.0
     device: str | None = None
     progress: bool = True
+    engine: str = "local"          # "local": one process; "ray": shots in parallel, one per GPU
+    workers: int | None = None     # ray: render workers (default: one per GPU, else 1)
+    cpu_offload: bool = False      # models on the GPU only for the phase that uses them
 
 
 @dataclass
@@ -77,9 +82,14 @@ class StoryPlan:
     timings: dict = field(default_factory=dict)
 
     def shot_files(self, shot) -> dict[str, Path]:
-        base = self.out / "shots" / shot.safe_id
-        return {"mp4": base.with_suffix(".mp4"), "gif": base.with_suffix(".gif"),
-                "sidecar": base.with_suffix(".json"), "preview": Path(f"{base}.preview.npz")}
+        return shot_files(self.out, shot)
+
+
+def shot_files(out: Path, shot) -> dict[str, Path]:
+    """A shot's files under ``out/shots/``, named by its safe id."""
+    base = Path(out) / "shots" / shot.safe_id
+    return {"mp4": base.with_suffix(".mp4"), "gif": base.with_suffix(".gif"),
+            "sidecar": base.with_suffix(".json"), "preview": Path(f"{base}.preview.npz")}
 
 
 # -- preparing ----------------------------------------------------------------------------------------------
@@ -87,6 +97,15 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
     """Check every input; raise :class:`StoryInputError` (nothing loaded, nothing written)."""
     from storyboard import StoryboardError, file_sha256, load_storyboard
 
+    if options.engine not in ("local", "ray"):
+        raise StoryInputError(f"unknown --engine {options.engine!r}; use local or ray")
+    if options.engine == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise StoryInputError("--engine ray needs Ray: pip install 'storyreel[ray]' (or use --engine local)")
+    if options.workers is not None and options.workers < 1:
+        raise StoryInputError(f"--workers must be 1 or more, got {options.workers}")
     if options.models not in DEPTH_MODELS:
         raise StoryInputError(f"unknown --models value {options.models!r}; use one of {', '.join(DEPTH_MODELS)}")
     if not (isinstance(options.crossfade, (int, float)) and math.isfinite(options.crossfade)
@@ -166,26 +185,153 @@ def _tqdm(progress: bool, **kwargs):
     return tqdm(disable=not progress, dynamic_ncols=True, **kwargs)
 
 
-class _Models:
-    """The render components and depth estimator, loaded on first use (a no-op rerun loads nothing)."""
+@dataclass(frozen=True)
+class RenderSettings:
+    """What a shot renderer needs besides the shot (picklable: Ray workers get a copy)."""
 
-    def __init__(self, plan: StoryPlan):
-        self.plan = plan
+    models: str
+    depth_model: str
+    device: str | None
+    cpu_offload: bool
+    out: Path
+    progress: bool
+
+    @classmethod
+    def of(cls, plan: StoryPlan) -> "RenderSettings":
+        o = plan.options
+        return cls(o.models, plan.depth_model, o.device, o.cpu_offload, plan.out, o.progress)
+
+
+class ShotRenderer:
+    """Renders shots whose segment is chosen; loads the models on first use (a no-op rerun loads nothing)."""
+
+    def __init__(self, settings: RenderSettings):
+        self.settings = settings
         self._components = None
         self._depth = None
+
+    @property
+    def components(self):
+        return self._components
 
     def load(self):
         if self._components is None:
             from render.model_loading import load_render_components
             from structure.depth_models import load_depth_model
 
-            self._components = load_render_components(self.plan.options.models, device=self.plan.options.device)
-            self._depth = load_depth_model(self.plan.depth_model, device=self._components.device, progress=False)
+            s = self.settings
+            components = load_render_components(s.models, device=s.device)
+            if s.cpu_offload:
+                components.enable_model_cpu_offload()
+            self._depth = load_depth_model(s.depth_model, device=components.device, progress=False)
+            self._components = components
         return self._components, self._depth
+
+    def render(self, shot, segment: dict, settings_hash: str) -> dict:
+        """Depth of ``segment`` → structure-guided render → the shot's mp4, gif, preview and sidecar."""
+        import torch
+
+        from render.model_presets import make_scheduler
+        from render.sampler import StructureGuidedSampler
+        from render.video_files import write_gif, write_mp4
+        from structure.conditioning import controlnet_condition
+        from structure.extract import extract_depth, read_source_frames
+
+        settings = self.settings
+        components, estimator = self.load()
+        files = shot_files(settings.out, shot)
+        timings = {}
+        source = (segment["path"], segment["start"], segment["end"])
+
+        t0 = time.perf_counter()
+        depth = extract_depth(source, frames=shot.frames, size=shot.size, estimator=estimator,
+                              cache=settings.out / "cache" / "depth", fps=shot.fps)
+        timings["depth"] = time.perf_counter() - t0
+
+        prompt = f"{shot.prompt}, {shot.style}" if shot.style else shot.prompt
+        t0 = time.perf_counter()
+        sampler = StructureGuidedSampler(components, scheduler=make_scheduler(shot.scheduler))
+        with _tqdm(settings.progress, total=shot.steps, desc=f"  {shot.id}", unit="step", leave=False) as steps:
+            result = sampler(prompt, negative_prompt=shot.negative_prompt,
+                             conditioning=controlnet_condition(depth), num_frames=shot.frames, height=shot.height,
+                             width=shot.width, steps=shot.steps, guidance_scale=shot.guidance, tau=shot.tau,
+                             seed=shot.seed, output_type="np", callback=lambda i, t, latents: steps.update(1))
+        frames = np.asarray(result.frames)
+        controlnet_calls = int(result.controlnet_calls)
+        timings["render"] = time.perf_counter() - t0
+        del result
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+        t0 = time.perf_counter()
+        picks = np.linspace(0, shot.frames - 1, PREVIEW_FRAMES).round().astype(int)
+        retrieved = read_source_frames(source, frames=PREVIEW_FRAMES, size=shot.size)
+        with atomic_path(files["preview"]) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, retrieved=retrieved,
+                                    depth=(depth.depth[picks] * 255).round().astype(np.uint8))
+        write_gif(frames, files["gif"], shot.fps)
+        write_mp4(frames, files["mp4"], shot.fps)
+        timings["write"] = time.perf_counter() - t0
+
+        sidecar = {
+            "settings_hash": settings_hash,
+            "code_version": CODE_VERSION,
+            "shot": shot.id,
+            "safe_id": shot.safe_id,
+            "query": shot.motion_query,
+            "segment": segment,
+            "prompt": prompt,
+            "negative_prompt": shot.negative_prompt,
+            "seed": shot.seed,
+            "tau": shot.tau,
+            "steps": shot.steps,
+            "guidance": shot.guidance,
+            "scheduler": shot.scheduler,
+            "frames": shot.frames,
+            "fps": shot.fps,
+            "width": shot.width,
+            "height": shot.height,
+            "controlnet_calls": controlnet_calls,
+            "depth": {"model": settings.depth_model, "source": depth.source, "settings": depth.settings},
+            "models": components.record(),
+            "settings": shot.to_dict(),
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "worker": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(components.device)},
+            "rendered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        return sidecar
+
+
+def choose_segment(plan: StoryPlan, shot, avoid: list) -> dict:
+    """The shot's footage: its clip override, else the best retrieved segment not overlapping ``avoid``."""
+    if shot.clip is not None:
+        return {"source": "clip_override", "segment_id": None, "path": str(shot.clip.path),
+                "start": shot.clip.start, "end": shot.clip.end, "score": None, "label": None}
+    found = plan.library.search(shot.motion_query, k=1, avoid=avoid)
+    if not found:
+        raise RuntimeError(f"shot {shot.id!r}: the index has no segment for {shot.motion_query!r} that does not "
+                           "overlap another shot's footage")
+    chosen = found[0]
+    return {"source": "retrieval", "segment_id": chosen.segment_id, "path": chosen.path,
+            "start": chosen.start, "end": chosen.end, "score": chosen.score, "label": chosen.label}
+
+
+def finish_sidecar(plan: StoryPlan, shot, sidecar: dict, retrieval_s: float) -> dict:
+    """Add the driver's retrieval time and write the sidecar (after the mp4: it always describes a finished shot)."""
+    timings = {"retrieval": round(retrieval_s, 3), **sidecar["timings_s"]}
+    timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 3)
+    sidecar["timings_s"] = timings
+    write_json(plan.shot_files(shot)["sidecar"], sidecar)
+    return sidecar
 
 
 def render_story(plan: StoryPlan, echo: Callable[[str], None] = print) -> dict:
-    """Render the shots that changed, then rebuild story.mp4, storyboard.png and report.json; return the report."""
+    """Render the shots that changed, then rebuild story.mp4, storyboard.png and report.json; return the report.
+
+    Segments are chosen here, in story order, each avoiding the footage of every other shot; the renders
+    then run in this process (``engine="local"``) or on Ray workers (``engine="ray"``, one per GPU).
+    """
     options, out = plan.options, plan.out
     started = time.perf_counter()
     sidecars = {}
@@ -198,122 +344,44 @@ def render_story(plan: StoryPlan, echo: Callable[[str], None] = print) -> dict:
         else:
             to_render.append(shot)
 
-    models = _Models(plan)
-    if to_render:
-        models.load()  # a load error fails here, before anything is written
+    renderer = ShotRenderer(RenderSettings.of(plan))
+    if to_render and options.engine == "local":
+        renderer.load()  # a load error fails here, before anything is written
     (out / "shots").mkdir(parents=True, exist_ok=True)
     used = [_Span(**{k: s["segment"][k] for k in ("path", "start", "end")}) for s in sidecars.values()]
+    jobs = []
+    for shot in to_render:
+        t0 = time.perf_counter()
+        segment = choose_segment(plan, shot, avoid=list(used))
+        used.append(_Span(segment["path"], segment["start"], segment["end"]))
+        jobs.append((shot, segment, time.perf_counter() - t0))
 
-    status = {}
-    with _tqdm(options.progress, total=len(plan.shots), desc="story", unit="shot") as bar:
-        for shot in plan.shots:
-            if shot.id in sidecars:
-                status[shot.id] = "skipped"
+    status = {shot.id: "skipped" for shot in plan.shots if shot.id in sidecars}
+    with _tqdm(options.progress, total=len(plan.shots), initial=len(sidecars), desc="story", unit="shot") as bar:
+        if options.engine == "ray":
+            from render.ray_engine import render_on_ray
+
+            def done(shot, sidecar, retrieval_s):
+                sidecars[shot.id] = finish_sidecar(plan, shot, sidecar, retrieval_s)
+                status[shot.id] = "rendered"
                 bar.update(1)
-                continue
-            bar.set_postfix_str(shot.id)
-            sidecar = _render_shot(plan, shot, models, avoid=list(used))
-            sidecars[shot.id] = sidecar
-            used.append(_Span(**{k: sidecar["segment"][k] for k in ("path", "start", "end")}))
-            status[shot.id] = "rendered"
-            bar.update(1)
 
-    report = _finish(plan, sidecars, status, models, time.perf_counter() - started)
+            render_on_ray(renderer.settings, [(shot, segment, plan.hashes[shot.id], retrieval_s)
+                                              for shot, segment, retrieval_s in jobs], done, workers=options.workers)
+        else:
+            for shot, segment, retrieval_s in jobs:
+                bar.set_postfix_str(shot.id)
+                sidecar = renderer.render(shot, segment, plan.hashes[shot.id])
+                sidecars[shot.id] = finish_sidecar(plan, shot, sidecar, retrieval_s)
+                status[shot.id] = "rendered"
+                bar.update(1)
+
+    report = _finish(plan, sidecars, status, renderer, time.perf_counter() - started)
     echo(_table(plan, sidecars, status))
     return report
 
 
-def _render_shot(plan: StoryPlan, shot, models: _Models, avoid: list) -> dict:
-    import torch
-
-    from render.model_presets import make_scheduler
-    from render.sampler import StructureGuidedSampler
-    from render.video_files import write_gif, write_mp4
-    from structure.conditioning import controlnet_condition
-    from structure.extract import extract_depth, read_source_frames
-
-    components, estimator = models.load()
-    files = plan.shot_files(shot)
-    timings = {}
-
-    t0 = time.perf_counter()
-    query = shot.motion_query
-    if shot.clip is None:
-        found = plan.library.search(query, k=1, avoid=avoid)
-        if not found:
-            raise RuntimeError(f"shot {shot.id!r}: the index has no segment for {query!r} that does not overlap "
-                               "another shot's footage")
-        chosen = found[0]
-        segment = {"source": "retrieval", "segment_id": chosen.segment_id, "path": chosen.path,
-                   "start": chosen.start, "end": chosen.end, "score": chosen.score, "label": chosen.label}
-    else:
-        segment = {"source": "clip_override", "segment_id": None, "path": str(shot.clip.path),
-                   "start": shot.clip.start, "end": shot.clip.end, "score": None, "label": None}
-    timings["retrieval"] = time.perf_counter() - t0
-    source = (segment["path"], segment["start"], segment["end"])
-
-    t0 = time.perf_counter()
-    depth = extract_depth(source, frames=shot.frames, size=shot.size, estimator=estimator,
-                          cache=plan.out / "cache" / "depth", fps=shot.fps)
-    timings["depth"] = time.perf_counter() - t0
-
-    prompt = f"{shot.prompt}, {shot.style}" if shot.style else shot.prompt
-    t0 = time.perf_counter()
-    sampler = StructureGuidedSampler(components, scheduler=make_scheduler(shot.scheduler))
-    with _tqdm(plan.options.progress, total=shot.steps, desc=f"  {shot.id}", unit="step", leave=False) as steps:
-        result = sampler(prompt, negative_prompt=shot.negative_prompt,
-                         conditioning=controlnet_condition(depth), num_frames=shot.frames, height=shot.height,
-                         width=shot.width, steps=shot.steps, guidance_scale=shot.guidance, tau=shot.tau,
-                         seed=shot.seed, output_type="np", callback=lambda i, t, latents: steps.update(1))
-    frames = np.asarray(result.frames)
-    controlnet_calls = int(result.controlnet_calls)
-    timings["render"] = time.perf_counter() - t0
-    del result
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-    t0 = time.perf_counter()
-    picks = np.linspace(0, shot.frames - 1, PREVIEW_FRAMES).round().astype(int)
-    retrieved = read_source_frames(source, frames=PREVIEW_FRAMES, size=shot.size)
-    with atomic_path(files["preview"]) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, retrieved=retrieved,
-                                depth=(depth.depth[picks] * 255).round().astype(np.uint8))
-    write_gif(frames, files["gif"], shot.fps)
-    write_mp4(frames, files["mp4"], shot.fps)
-    timings["write"] = time.perf_counter() - t0
-    timings["total"] = sum(timings.values())
-
-    sidecar = {
-        "settings_hash": plan.hashes[shot.id],
-        "code_version": CODE_VERSION,
-        "shot": shot.id,
-        "safe_id": shot.safe_id,
-        "query": query,
-        "segment": segment,
-        "prompt": prompt,
-        "negative_prompt": shot.negative_prompt,
-        "seed": shot.seed,
-        "tau": shot.tau,
-        "steps": shot.steps,
-        "guidance": shot.guidance,
-        "scheduler": shot.scheduler,
-        "frames": shot.frames,
-        "fps": shot.fps,
-        "width": shot.width,
-        "height": shot.height,
-        "controlnet_calls": controlnet_calls,
-        "depth": {"model": plan.depth_model, "source": depth.source, "settings": depth.settings},
-        "models": components.record(),
-        "settings": shot.to_dict(),
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "rendered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    write_json(files["sidecar"], sidecar)  # after the mp4: a sidecar always describes a finished shot
-    return sidecar
-
-
-def _finish(plan: StoryPlan, sidecars: dict, status: dict, models: _Models, seconds: float) -> dict:
+def _finish(plan: StoryPlan, sidecars: dict, status: dict, renderer: ShotRenderer, seconds: float) -> dict:
     from render.story_sheet import SheetRow, draw_story_sheet
     from render.video_files import join_shots, read_video, write_mp4
 
@@ -339,7 +407,7 @@ def _finish(plan: StoryPlan, sidecars: dict, status: dict, models: _Models, seco
     draw_story_sheet(rows, out / "storyboard.png", title=getattr(plan.storyboard, "title", None))
 
     first = sidecars[plan.shots[0].id]
-    components = models._components
+    components = renderer.components
     report = {
         "report_version": 1,
         "code_version": CODE_VERSION,

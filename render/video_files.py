@@ -33,7 +33,8 @@ def fps_fraction(fps: float) -> Fraction:
 
 
 def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: int = 18) -> Path:
-    """Write ``frames`` (T x H x W x 3 uint8, even H and W) as H.264 yuv420p at ``fps``."""
+    """Write ``frames`` (T x H x W x 3 uint8, even H and W) as H.264 yuv420p at ``fps``; the same frames
+    always give the same file."""
     import av
 
     frames = _check_frames(frames)
@@ -48,7 +49,10 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: int 
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(crf), "preset": "medium"}
             for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                # Convert to yuv420p here: left to the encoder, the same RGB frames encoded differently from
+                # call to call (up to 23 grey levels once decoded), and a story must be reproducible.
+                yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+                for packet in stream.encode(yuv):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)

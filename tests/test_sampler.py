@@ -305,3 +305,50 @@ def test_vae_slicing_and_windowed_frame_scales(components, cond):
     split = _sample(components, cond, output_type="latent", context_window=4, context_stride=2,
                     controlnet_scale=per_frame)
     assert split.controlnet_calls == STEPS
+
+
+def test_cpu_offload_places_each_model_for_its_phase(components, cond):
+    """Under CPU offload every model runs only while the sampler has put it on the execution device, the
+    models go back to the offload device at the end, and the video is the same as without offload."""
+    from render.model_offload import ModelOffload
+    from render.sampler import StructureGuidedSampler
+
+    expected = StructureGuidedSampler(components)("a hare", conditioning=cond, steps=3, seed=3,
+                                                  output_type="latent").latents
+    components.enable_model_cpu_offload("cpu")
+    offload = components.offload
+    assert isinstance(offload, ModelOffload)
+    on_device, ran_outside = set(), []
+    original_use = offload.use
+
+    def use(*names):
+        original_use(*names)
+        on_device.clear()
+        on_device.update(names)
+    offload.use = use
+    handles = [getattr(components, name).register_forward_pre_hook(
+        lambda module, args, name=name: ran_outside.append(name) if name not in on_device else None)
+        for name in ("text_encoder", "unet", "controlnet", "vae")]
+    try:
+        result = StructureGuidedSampler(components)("a hare", conditioning=cond, steps=3, seed=3,
+                                                    output_type="pt")
+        assert ran_outside == []
+        assert on_device == set()  # all back on the offload device
+        hook = lambda i, t: (components_encode(components, "a hare"), None)  # noqa: E731
+        on_device.clear()
+        StructureGuidedSampler(components)("a hare", conditioning=cond, steps=2, seed=3,
+                                           prompt_embeds_for_step=hook, output_type="latent")
+        assert ran_outside == []  # the per-step hook may use the text encoder during the loop
+    finally:
+        for handle in handles:
+            handle.remove()
+        components.offload = None
+    assert torch.equal(result.latents, expected)
+    with pytest.raises(ValueError, match="unknown model"):
+        ModelOffload(components, "cpu").use("tokenizer")
+
+
+def components_encode(components, prompt):
+    from render.sampler import StructureGuidedSampler
+
+    return StructureGuidedSampler(components).encode_prompt(prompt)
