@@ -36,7 +36,7 @@ import numpy as np
 
 from retrieval.atomic_files import atomic_path, write_json
 
-CODE_VERSION = 1  # bump when a change in this module or the render changes a shot's pixels
+CODE_VERSION = 2  # bump when a change in this module or the render changes a shot's pixels
 DEPTH_MODELS = {"tiny": "tiny", "sd15": "dpt-hybrid"}  # --models value → depth model
 PREVIEW_FRAMES = 3
 
@@ -232,6 +232,7 @@ class ShotRenderer:
         import torch
 
         from render.model_presets import make_scheduler
+        from render.prompt_weighting import WeightedPromptEncoder
         from render.sampler import StructureGuidedSampler
         from render.video_files import write_gif, write_mp4
         from structure.conditioning import controlnet_condition
@@ -250,9 +251,12 @@ class ShotRenderer:
 
         prompt = f"{shot.prompt}, {shot.style}" if shot.style else shot.prompt
         t0 = time.perf_counter()
+        components.use("text_encoder")
+        cond, uncond = WeightedPromptEncoder(components.tokenizer, components.text_encoder).encode_pair(
+            prompt, shot.negative_prompt)  # compel weights: (word)1.3, word++, prompts past 77 tokens
         sampler = StructureGuidedSampler(components, scheduler=make_scheduler(shot.scheduler))
         with _tqdm(settings.progress, total=shot.steps, desc=f"  {shot.id}", unit="step", leave=False) as steps:
-            result = sampler(prompt, negative_prompt=shot.negative_prompt,
+            result = sampler(prompt_embeds=cond, negative_prompt_embeds=uncond,
                              conditioning=controlnet_condition(depth), num_frames=shot.frames, height=shot.height,
                              width=shot.width, steps=shot.steps, guidance_scale=shot.guidance, tau=shot.tau,
                              seed=shot.seed, output_type="np", callback=lambda i, t, latents: steps.update(1))
@@ -283,6 +287,7 @@ class ShotRenderer:
             "segment": segment,
             "prompt": prompt,
             "negative_prompt": shot.negative_prompt,
+            "prompt_weighting": "compel",
             "seed": shot.seed,
             "tau": shot.tau,
             "steps": shot.steps,
