@@ -28,9 +28,18 @@ demo: install
 	set -- $$($(BIN)/python -c "import json; r = json.load(open('$(DEMO)/top.json'))[0]; print(r['path'], r['start'], r['end'])") && \
 	  $(BIN)/extract-depth "$$1" --start "$$2" --end "$$3" --frames 16 --size 256x256 --models tiny \
 	    --cache-dir $(DEMO)/depth-cache --out $(DEMO)/depth.npz --preview $(DEMO)/depth.gif --strip $(DEMO)/depth.png
-	$(BIN)/render-story data/examples/fable.json --index $(DEMO)/index --out $(DEMO)/story --models tiny
+	$(BIN)/python data/make_reference_images.py --out data/reference_images/hare
+	$(BIN)/train-character --images data/reference_images/hare --name hare --token "<hare>" --class-word rabbit \
+	  --out $(DEMO)/characters/hare.safetensors --models tiny --resolution 128 --frames 16 --steps 50 --quiet
+	$(BIN)/render-story data/examples/fable.json --index $(DEMO)/index --out $(DEMO)/story --models tiny \
+	  --character hare=$(DEMO)/characters/hare.safetensors
+	$(BIN)/plan-story data/examples/fox-and-grapes.txt --out $(DEMO)/fox/story.json --llm rules \
+	  --style "watercolour storybook illustration" --width 256 --height 256 --frames 16 --steps 10
+	$(BIN)/render-story $(DEMO)/fox/story.json --index $(DEMO)/index --out $(DEMO)/fox/render --models tiny
 	@echo "demo outputs are in $(DEMO)/: index/, top.png (search), depth.npz, depth.gif, depth.png (structure),"
-	@echo "  story/ (story.mp4, storyboard.png, report.json, shots/*.mp4|gif: the example storyboard rendered)"
+	@echo "  characters/hare.safetensors (a tiny TimeInv + LoRA character trained on data/reference_images/hare),"
+	@echo "  story/ (story.mp4, storyboard.png, report.json, shots/*.mp4|gif: the example storyboard with the hare),"
+	@echo "  fox/ (story.json + story.plan.json planned from a passage by the rules planner, render/ its video)"
 
 clean:
-	rm -rf $(DEMO) data/sample_clips
+	rm -rf $(DEMO) data/sample_clips data/reference_images

@@ -31,9 +31,19 @@ def _fail(message: str) -> None:
               help="--engine ray: render workers [default: one per GPU, else 1].")
 @click.option("--cpu-offload", is_flag=True,
               help="Keep the models on the CPU and move each to the GPU only while it is used (less GPU memory).")
+@click.option("--character", "characters", multiple=True, metavar="NAME=FILE",
+              help="Use this character file (from `train-character`) for the storyboard's character NAME; repeatable.")
+@click.option("--llm", "planner", type=click.Choice(["rules", "openai", "local", "none"]), default=None,
+              help="Planner for shots without a motion query or caption (as plan-story) [default: openai when "
+                   "STORYREEL_LLM_BASE_URL is set, else rules]; none: use the shot's text for both.")
+@click.option("--llm-base-url", default=None, help="OpenAI-compatible endpoint for --llm openai.")
+@click.option("--llm-model", default=None, help="Model name at the endpoint [default: STORYREEL_LLM_MODEL].")
+@click.option("--llm-model-path", type=click.Path(path_type=Path), default=None,
+              help="Local chat model folder for --llm local.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--schema", is_flag=True, help="Print the storyboard JSON Schema and exit.")
-def main(storyboard, index, out, models, crossfade, device, engine, workers, cpu_offload, no_progress, schema):
+def main(storyboard, index, out, models, crossfade, device, engine, workers, cpu_offload, characters, planner,
+         llm_base_url, llm_model, llm_model_path, no_progress, schema):
     """Render STORYBOARD (a storyboard JSON file) shot by shot; rerunning skips unchanged shots."""
     if schema:
         from storyboard import storyboard_json_schema
@@ -45,21 +55,33 @@ def main(storyboard, index, out, models, crossfade, device, engine, workers, cpu
     if out is None:
         _fail("give --out OUT, the output folder")
 
+    character_files = {}
+    for item in characters:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            _fail(f"--character {item}: expected NAME=FILE, e.g. hare=characters/hare.safetensors")
+        character_files[name] = Path(path)
+
     from render.story import StoryInputError, StoryOptions, prepare_story, render_story
 
     options = StoryOptions(storyboard=storyboard, out=out, index=index, models=models, crossfade=crossfade,
                            device=device, progress=not no_progress, engine=engine, workers=workers,
-                           cpu_offload=cpu_offload)
+                           cpu_offload=cpu_offload, character_files=character_files, planner=planner,
+                           planner_options={k: v for k, v in (("base_url", llm_base_url), ("model", llm_model),
+                                                              ("model_path", llm_model_path)) if v is not None})
     try:
         plan = prepare_story(options)
     except StoryInputError as exc:
         _fail(str(exc))
+    from characters import CharacterError
     from render.model_loading import ModelConfigError
     from retrieval.clip_models import ModelLoadError
 
     try:
         report = render_story(plan, echo=click.echo)
     except (ModelLoadError, ModelConfigError) as exc:  # render and depth loaders' own messages
+        _fail(str(exc))
+    except CharacterError as exc:  # a character file made for another base model
         _fail(str(exc))
     except (RuntimeError, ValueError, OSError) as exc:  # a shot that cannot be made; finished shots are kept
         click.echo(f"error: {exc} (finished shots are kept; rerun to resume)", err=True)

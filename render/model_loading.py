@@ -214,6 +214,18 @@ class RenderComponents:
         }
 
 
+def base_model_record(components) -> dict:
+    """What a character file records about the base model it was trained on (and is checked against when
+    loaded): preset, component sources and configuration fingerprints, the training noise schedule."""
+    record = components.record()
+    scheduler = record.get("scheduler", {})
+    keep = ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps", "prediction_type")
+    return {"preset": record["preset"], "components": record["components"],
+            "scheduler": {"class": scheduler.get("class"),
+                          "config": {k: v for k, v in scheduler.get("config", {}).items() if k in keep}}}
+
+
+
 def _move(model: torch.nn.Module, device, dtype) -> torch.nn.Module:
     if device is None and dtype is None:
         return model

@@ -57,6 +57,9 @@ class StoryOptions:
     engine: str = "local"          # "local": one process; "ray": shots in parallel, one per GPU
     workers: int | None = None     # ray: render workers (default: one per GPU, else 1)
     cpu_offload: bool = False      # models on the GPU only for the phase that uses them
+    character_files: dict[str, Path] = field(default_factory=dict)  # name → character file, over the storyboard's
+    planner: str | None = None     # shots without a query or caption: "rules", "openai", "local" (None: auto)
+    planner_options: dict = field(default_factory=dict)  # storyboard.planner.make_planner's keyword arguments
 
 
 @dataclass
@@ -79,6 +82,8 @@ class StoryPlan:
     hashes: dict[str, str]
     out: Path
     storyboard_sha256: str = ""
+    characters: tuple[tuple[str, str, str], ...] = ()  # (name, character file, token) of trained characters
+    planned: list = field(default_factory=list)  # the planner's records, one per shot it completed
     timings: dict = field(default_factory=dict)
 
     def shot_files(self, shot) -> dict[str, Path]:
@@ -115,7 +120,10 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
         story = load_storyboard(options.storyboard)
     except StoryboardError as exc:
         raise StoryInputError(str(exc)) from None
+    _apply_character_files(story, options)
+    story, planned = _complete_shots(story, options)
     shots = story.all_shot_settings()
+    characters = _check_characters(shots)
     for shot in shots:
         if shot.width % 8 or shot.height % 8:
             raise StoryInputError(f"shot {shot.id!r}: width and height must be multiples of 8, "
@@ -142,7 +150,50 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
                  "index": index_record["fingerprint"] if shot.clip is None else None}
         hashes[shot.id] = story.settings_hash(shot.id, extra=extra)
     return StoryPlan(options, story, shots, library, index_record, depth_model, hashes, out,
-                     storyboard_sha256=file_sha256(options.storyboard))
+                     storyboard_sha256=file_sha256(options.storyboard), characters=characters, planned=planned)
+
+
+def _complete_shots(story, options: StoryOptions):
+    """Shots without a motion query or caption get the planner's (storyboard.planner); the records say which
+    backend wrote what, and why an LLM answer was not used. ``planner="none"`` keeps the shot's text for both."""
+    if options.planner == "none":
+        return story, []
+    from storyboard.planner import PlannerSetupError, complete_storyboard
+
+    try:
+        return complete_storyboard(story, options.planner, **options.planner_options)
+    except PlannerSetupError as exc:
+        raise StoryInputError(f"--planner: {exc}") from None
+
+
+def _apply_character_files(story, options: StoryOptions) -> None:
+    """``--character NAME=FILE``: use FILE as the character's file (the storyboard's own, if any, is replaced)."""
+    for name, path in options.character_files.items():
+        if name not in story.characters:
+            known = ", ".join(story.characters) or "none"
+            raise StoryInputError(f"--character {name}={path}: the storyboard has no character {name!r} "
+                                  f"(its characters: {known})")
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise StoryInputError(f"--character {name}={path}: no such character file")
+        story.characters[name].embedding = str(path.resolve())
+
+
+def _check_characters(shots) -> tuple[tuple[str, str, str], ...]:
+    """Every character file the shots use, read and checked (safetensors, format): ``(name, path, token)``."""
+    from characters import CharacterFileError, load_character
+
+    found = {}
+    for shot in shots:
+        for character in shot.characters:
+            if character.embedding is None or character.name in found:
+                continue
+            try:
+                load_character(character.embedding)
+            except CharacterFileError as exc:
+                raise StoryInputError(f"character {character.name!r}: {exc}") from None
+            found[character.name] = (character.name, str(character.embedding), character.token)
+    return tuple(found.values())
 
 
 def _check_clip(shot) -> None:
@@ -195,11 +246,12 @@ class RenderSettings:
     cpu_offload: bool
     out: Path
     progress: bool
+    characters: tuple[tuple[str, str, str], ...] = ()  # (name, character file, token), loaded once
 
     @classmethod
     def of(cls, plan: StoryPlan) -> "RenderSettings":
         o = plan.options
-        return cls(o.models, plan.depth_model, o.device, o.cpu_offload, plan.out, o.progress)
+        return cls(o.models, plan.depth_model, o.device, o.cpu_offload, plan.out, o.progress, plan.characters)
 
 
 class ShotRenderer:
@@ -209,6 +261,7 @@ class ShotRenderer:
         self.settings = settings
         self._components = None
         self._depth = None
+        self._characters = None
 
     @property
     def components(self):
@@ -224,6 +277,8 @@ class ShotRenderer:
             if s.cpu_offload:
                 components.enable_model_cpu_offload()
             self._depth = load_depth_model(s.depth_model, device=components.device, progress=False)
+            if s.characters:
+                self._characters = load_characters(components, s.characters)
             self._components = components
         return self._components, self._depth
 
@@ -249,14 +304,15 @@ class ShotRenderer:
                               cache=settings.out / "cache" / "depth", fps=shot.fps)
         timings["depth"] = time.perf_counter() - t0
 
-        prompt = f"{shot.prompt}, {shot.style}" if shot.style else shot.prompt
+        prompt = with_style(shot.prompt, shot.style)
         t0 = time.perf_counter()
         components.use("text_encoder")
-        cond, uncond = WeightedPromptEncoder(components.tokenizer, components.text_encoder).encode_pair(
-            prompt, shot.negative_prompt)  # compel weights: (word)1.3, word++, prompts past 77 tokens
+        encoder = WeightedPromptEncoder(components.tokenizer, components.text_encoder)
+        cond, uncond = encoder.encode_pair(prompt, shot.negative_prompt)  # compel: (word)1.3, word++, > 77 tokens
+        characters, per_step = self._activate_characters(shot, prompt, encoder)
         sampler = StructureGuidedSampler(components, scheduler=make_scheduler(shot.scheduler))
         with _tqdm(settings.progress, total=shot.steps, desc=f"  {shot.id}", unit="step", leave=False) as steps:
-            result = sampler(prompt_embeds=cond, negative_prompt_embeds=uncond,
+            result = sampler(prompt_embeds=cond, negative_prompt_embeds=uncond, prompt_embeds_for_step=per_step,
                              conditioning=controlnet_condition(depth), num_frames=shot.frames, height=shot.height,
                              width=shot.width, steps=shot.steps, guidance_scale=shot.guidance, tau=shot.tau,
                              seed=shot.seed, output_type="np", callback=lambda i, t, latents: steps.update(1))
@@ -288,6 +344,7 @@ class ShotRenderer:
             "prompt": prompt,
             "negative_prompt": shot.negative_prompt,
             "prompt_weighting": "compel",
+            "characters": characters,
             "seed": shot.seed,
             "tau": shot.tau,
             "steps": shot.steps,
@@ -306,6 +363,45 @@ class ShotRenderer:
             "rendered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         return sidecar
+
+
+    def _activate_characters(self, shot, prompt: str, encoder) -> tuple[dict, object]:
+        """Turn on the LoRA of each trained character of the shot (at its storyboard scale, the others off)
+        and make the per-step hook that embeds their tokens with the TimeInv row of each timestep."""
+        if self._characters is None:
+            return {}, None
+        from characters import per_step_embeddings
+
+        scales = {c.name: c.scale for c in shot.characters if c.name in self._characters}
+        self._characters.activate(scales)
+        record = {name: {"scale": scale, "token": self._characters[name].token,
+                         "in_prompt": name in self._characters.characters_in(prompt)}
+                  for name, scale in scales.items()}
+        if not self._characters.characters_in(prompt) and not self._characters.characters_in(shot.negative_prompt):
+            return record, None
+        hook = per_step_embeddings(self._characters, None, prompt, shot.negative_prompt,
+                                   encode_pair=encoder.encode_pair)
+        return record, hook
+
+
+def with_style(prompt: str, style: str) -> str:
+    """The render prompt: the caption, then the story's style unless the caption already has it (planned
+    captions end with it; adding it twice would weight it twice)."""
+    if not style or style.strip().lower() in prompt.lower():
+        return prompt
+    return f"{prompt}, {style}"
+
+
+def load_characters(components, characters: tuple[tuple[str, str, str], ...]):
+    """A :class:`characters.CharacterSet` on ``components`` with each ``(name, file, token)`` loaded once: its
+    token registered and its LoRA a named adapter. A file made for another base model is refused here."""
+    from characters import CharacterSet, load_character
+    from render.model_loading import base_model_record
+
+    character_set = CharacterSet(components, base_model=base_model_record(components))
+    for name, path, token in characters:
+        character_set.add(load_character(path), name=name, token=token)
+    return character_set
 
 
 def choose_segment(plan: StoryPlan, shot, avoid: list) -> dict:
@@ -426,6 +522,7 @@ def _finish(plan: StoryPlan, sidecars: dict, status: dict, renderer: ShotRendere
             "faiss_sha256": plan.index_record["fingerprint"]["faiss_sha256"]},
         "crossfade_s": plan.options.crossfade,
         "story": {"path": "story.mp4", "frames": int(len(story)), "fps": fps},
+        "planned": plan.planned,
         "rendered": [s.id for s in plan.shots if status.get(s.id) == "rendered"],
         "skipped": [s.id for s in plan.shots if status.get(s.id) == "skipped"],
         "seconds": round(seconds, 3),

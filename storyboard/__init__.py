@@ -49,3 +49,31 @@ __all__ = [
     "storyboard_json_schema",
     "unique_safe_ids",
 ]
+
+# Story planning: prose → shots (plan-story), and filling in shots that lack a motion query or caption
+# (render-story calls complete_storyboard). See storyboard.planner.
+from storyboard.caption_weights import caption_problems, caption_weights_parse  # noqa: E402
+from storyboard.planner import (BACKENDS, PlannerSetupError, complete_storyboard, make_planner,  # noqa: E402
+                                plan_passage)
+from storyboard.shot_plan import (PlanRejected, ShotAnalysis, ShotPlan, ShotRequest, shot_plan_json_schema,  # noqa: E402
+                                  validate_plan)
+from storyboard.story_characters import CastMember, detect_cast, load_characters_file  # noqa: E402
+
+__all__ += [
+    "BACKENDS",
+    "CastMember",
+    "PlanRejected",
+    "PlannerSetupError",
+    "ShotAnalysis",
+    "ShotPlan",
+    "ShotRequest",
+    "caption_problems",
+    "caption_weights_parse",
+    "complete_storyboard",
+    "detect_cast",
+    "load_characters_file",
+    "make_planner",
+    "plan_passage",
+    "shot_plan_json_schema",
+    "validate_plan",
+]

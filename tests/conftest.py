@@ -74,3 +74,9 @@ def tiny_index(tmp_path_factory, real_clips, synthetic_library) -> Path:
     build_index(BuildOptions(out=out, paths=[real_clips, synthetic_library], models="tiny", workers=2,
                              progress=False))
     return out
+
+
+@pytest.fixture(scope="session")
+def reference_images(shared_data) -> Path:
+    """Real photographs for character training (chelsea.png, astronaut.png; see its README)."""
+    return _require(shared_data / "reference_images")

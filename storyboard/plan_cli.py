@@ -1,0 +1,181 @@
+"""``plan-story passage.txt --out storyboard.json``: prose → a storyboard with motion queries and captions.
+
+Writes the storyboard (format v1) and, beside it, ``<out stem>.plan.json``: per shot the backend that
+planned it, the requests made, cache hits and why a shot fell back to the rules planner. Both are written
+atomically, and only once everything has been checked and planned: bad input (a missing or empty passage,
+a bad characters file, bad flags) is reported as ``error: ...`` naming the file and field, with exit code
+2, and nothing is written. The API key is never printed or written.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+_DEFAULT_FLAGS = {"width": "--width", "height": "--height", "frames": "--frames", "fps": "--fps", "steps": "--steps",
+                  "seed": "--seed", "negative_prompt": "--negative-prompt"}
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+class _Command(click.Command):
+    """A click command whose usage errors read ``error: ...`` (exit code 2) like every other bad input."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            _fail(exc.format_message())
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+
+
+def report_path(out: Path) -> Path:
+    """Where the plan report of storyboard ``out`` goes: ``story.json`` → ``story.plan.json``."""
+    return out.with_name(f"{out.stem if out.suffix else out.name}.plan.json")
+
+
+@click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("passage", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The storyboard file to write; the plan report goes beside it (<stem>.plan.json).")
+@click.option("--llm", "backend", type=click.Choice(["rules", "openai", "local"]), default=None,
+              help="Planner backend [default: openai when a base URL is configured, else rules].")
+@click.option("--shots", type=int, default=None, help="At most this many shots (neighbouring events are joined).")
+@click.option("--characters", type=click.Path(path_type=Path), default=None,
+              help="Characters file: name → {token, class_word, embedding, body, aliases} [default: found in the text].")
+@click.option("--style", default="", help="The story's visual style; every caption ends with it.")
+@click.option("--title", default=None, help="The story's title [default: the passage's title line, or its file name].")
+@click.option("--width", type=int, default=512, show_default=True, help="Frame width (multiple of 8).")
+@click.option("--height", type=int, default=512, show_default=True, help="Frame height (multiple of 8).")
+@click.option("--frames", type=int, default=16, show_default=True, help="Frames per shot.")
+@click.option("--fps", type=float, default=8.0, show_default=True, help="Frames per second.")
+@click.option("--steps", type=int, default=25, show_default=True, help="Denoising steps.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The story's seed.")
+@click.option("--negative-prompt", default=None, help="The story's negative prompt [default: the format's].")
+@click.option("--llm-base-url", default=None,
+              help="OpenAI-compatible endpoint, such as http://127.0.0.1:8000/v1 [env STORYREEL_LLM_BASE_URL, "
+                   "OPENAI_BASE_URL].")
+@click.option("--llm-model", default=None, help="Model name at the endpoint [env STORYREEL_LLM_MODEL].")
+@click.option("--llm-api-key-env", default=None,
+              help="Name of the environment variable holding the API key [default: STORYREEL_LLM_API_KEY, "
+                   "then OPENAI_API_KEY].")
+@click.option("--llm-model-path", type=click.Path(path_type=Path), default=None,
+              help="--llm local: folder of a transformers chat model (safetensors) [env STORYREEL_LLM_MODEL_PATH].")
+@click.option("--llm-max-new-tokens", type=int, default=400, show_default=True,
+              help="--llm local: the longest answer generated, in tokens.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Answer cache of the openai backend [default: ~/.cache/storyreel/llm].")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the answer cache.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds per LLM request.")
+@click.option("--retries", type=int, default=None, help="LLM attempts after the first, per shot [default: openai 3, local 1].")
+@click.option("--backoff", type=float, default=1.0, show_default=True,
+              help="Seconds before the first retry (doubled for each next one).")
+@click.option("--quiet", is_flag=True, help="Print only errors.")
+def main(passage, out, backend, shots, characters, style, title, width, height, frames, fps, steps, seed,
+         negative_prompt, llm_base_url, llm_model, llm_api_key_env, llm_model_path, llm_max_new_tokens, cache_dir,
+         no_cache, timeout, retries, backoff, quiet):
+    """Plan PASSAGE (a prose text file) into a storyboard: shots, motion queries, weighted captions."""
+    from retrieval.atomic_files import write_json
+    from storyboard.errors import StoryboardError, problems_from_validation_error
+    from storyboard.format import DEFAULT_NEGATIVE_PROMPT, Defaults
+    from storyboard.loading import save_storyboard
+    from storyboard.openai_planner import PlannerSetupError
+    from storyboard.passage_split import PassageError, read_passage
+    from storyboard.planner import make_planner, plan_passage
+    from storyboard.story_characters import load_characters_file
+
+    started = time.monotonic()
+    if shots is not None and shots < 1:
+        _fail(f"--shots: must be at least 1, got {shots}")
+    if not timeout > 0:
+        _fail(f"--timeout: must be more than 0 seconds, got {timeout:g}")
+    if retries is not None and retries < 0:
+        _fail(f"--retries: must be 0 or more, got {retries}")
+    if backoff < 0:
+        _fail(f"--backoff: must be 0 or more seconds, got {backoff:g}")
+    if llm_max_new_tokens < 1:
+        _fail(f"--llm-max-new-tokens: must be at least 1, got {llm_max_new_tokens}")
+    try:
+        defaults = Defaults(width=width, height=height, frames=frames, fps=fps, steps=steps, seed=seed,
+                            negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt)
+    except ValidationError as exc:
+        problem = problems_from_validation_error(exc, Defaults.model_json_schema())[0]
+        _fail(f"{_DEFAULT_FLAGS.get(problem.path, problem.path)}: {problem.message}")
+    if out.exists() and out.is_dir():
+        _fail(f"--out {out}: is a folder; give the storyboard file to write")
+    if passage.exists() and out.resolve() == passage.resolve():
+        _fail(f"--out {out}: would overwrite a passage; give a .json storyboard file")
+
+    try:
+        text = read_passage(passage)
+    except PassageError as exc:
+        _fail(f"{passage}: {exc}")
+    cast = None
+    if characters is not None:
+        try:
+            cast, _ = load_characters_file(characters)
+        except StoryboardError as exc:
+            _fail(str(exc).replace("\n", "\nerror: "))
+    options = {"base_url": llm_base_url, "model": llm_model, "api_key_env": llm_api_key_env, "timeout": timeout,
+               "retries": retries, "backoff": backoff, "model_path": llm_model_path,
+               "max_new_tokens": llm_max_new_tokens,
+               "cache_dir": None if no_cache else (cache_dir if cache_dir is not None else _default_cache())}
+    try:
+        planner = make_planner(backend, **options)
+    except PlannerSetupError as exc:
+        _fail(f"--llm {backend or 'openai'}: {exc}")
+
+    try:
+        story, report = plan_passage(text.text, title=title or text.title or _title_from(passage), cast=cast,
+                                     style=style, shots=shots, defaults=defaults, planner=planner)
+    except StoryboardError as exc:               # the plan itself does not validate: a planner bug, say so
+        _fail(f"the planned storyboard is invalid: {exc}")
+    if cast is not None and characters is not None:
+        story = _with_embedding_paths(story, characters)
+    report = {"passage": str(passage), "storyboard": str(out), **report,
+              "seconds": round(time.monotonic() - started, 3)}
+    save_storyboard(story, out)
+    write_json(report_path(out), report)
+    if not quiet:
+        for record in report["shots"]:
+            shot = next(s for s in story.shots if s.id == record["shot"])
+            note = f" (fell back: {record['fallback']})" if record["fallback"] else ""
+            note += " (cached)" if record["cached"] else ""
+            click.echo(f"{record['shot']:<14} {record['backend']:<7} {shot.motion_query}{note}")
+        counts = report["counts"]
+        click.echo(f"planned {counts['shots']} shots ({', '.join(f'{k} {v}' for k, v in counts['by_backend'].items())}"
+                   f"; {counts['fallbacks']} fallbacks, {counts['requests']} requests, {counts['cache_hits']} "
+                   f"cached) → {out}, report {report_path(out)}")
+
+
+def _default_cache():
+    from storyboard.openai_planner import default_cache_dir
+
+    return default_cache_dir()
+
+
+def _title_from(passage: Path) -> str:
+    words = passage.stem.replace("_", " ").replace("-", " ").split()
+    return " ".join(word.capitalize() for word in words) or "Untitled story"
+
+
+def _with_embedding_paths(story, characters: Path):
+    """Embedding paths of a characters file are relative to its folder: give the storyboard that folder
+    so that ``save_storyboard`` rewrites them relative to the output."""
+    return story.attach_source(None, base_dir=characters.absolute().parent)
+
+
+if __name__ == "__main__":
+    main()
