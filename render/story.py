@@ -497,11 +497,13 @@ def _finish(plan: StoryPlan, sidecars: dict, status: dict, renderer: ShotRendere
             with np.load(files["preview"]) as preview:
                 retrieved, depth = preview["retrieved"], preview["depth"].astype(np.float32) / 255
         segment = sidecars[shot.id]["segment"]
-        where = f"{Path(segment['path']).name}  {segment['start']:.2f}-{segment['end']:.2f} s"
+        where = f"query: {sidecars[shot.id]['query']}  ->  {Path(segment['path']).name}  " \
+                f"{segment['start']:.2f}-{segment['end']:.2f} s"
         if segment["score"] is not None:
             where += f"  score {segment['score']:.3f}"
         rows.append(SheetRow(title=f"{shot.index + 1}. {shot.id}", caption=shot.text, source=where,
-                             retrieved=retrieved, depth=depth, rendered=frames))
+                             retrieved=retrieved, depth=depth, rendered=frames,
+                             prompt=sidecars[shot.id].get("prompt", "")))
     fps = plan.shots[0].fps
     story = join_shots(shot_frames, fps, plan.options.crossfade)
     write_mp4(story, out / "story.mp4", fps)

@@ -23,6 +23,7 @@ class SheetRow:
     retrieved: np.ndarray | None
     depth: np.ndarray | None
     rendered: np.ndarray
+    prompt: str = ""  # the render prompt (caption with weights and style), drawn under the source line
 
 
 def pick_frames(frames: np.ndarray, count: int) -> np.ndarray:
@@ -61,7 +62,8 @@ def draw_story_sheet(rows: Sequence[SheetRow], out_path: str | Path, title: str 
     if not rows:
         raise ValueError("no shots to draw")
     font, small = _font(14), _font(12)
-    gap, header_h, title_h, label_h = 8, 36, 28 if title else 0, 16
+    gap, title_h, label_h = 8, 28 if title else 0, 16
+    header_h = 52 if any(row.prompt for row in rows) else 36
     part_w = frames_per_part * thumb + (frames_per_part - 1) * 2
     sheet_w = 3 * part_w + 4 * gap
     row_h = header_h + label_h + thumb + gap
@@ -74,6 +76,9 @@ def draw_story_sheet(rows: Sequence[SheetRow], out_path: str | Path, title: str 
     for row in rows:
         draw.text((gap, y), _fit(draw, row.title + "  " + row.caption, font, sheet_w - 2 * gap), fill=_TEXT, font=font)
         draw.text((gap, y + 17), _fit(draw, row.source, small, sheet_w - 2 * gap), fill=_MUTED, font=small)
+        if row.prompt:
+            draw.text((gap, y + 33), _fit(draw, "caption: " + row.prompt, small, sheet_w - 2 * gap), fill=_MUTED,
+                      font=small)
         y += header_h
         parts = [("retrieved", row.retrieved), ("depth", None if row.depth is None else depth_to_rgb(row.depth)),
                  ("rendered", row.rendered)]

@@ -47,10 +47,11 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: int 
             stream = container.add_stream("libx264", rate=fps_fraction(fps))
             stream.width, stream.height = width, height
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "medium"}
+            # A story must be reproducible, and x264 was not: its frame threads made other decisions on a
+            # busy machine (one thread never did), and left to the encoder, the RGB -> yuv420p conversion
+            # differed from call to call (up to 23 grey levels once decoded). Both are fixed here.
+            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
             for frame in frames:
-                # Convert to yuv420p here: left to the encoder, the same RGB frames encoded differently from
-                # call to call (up to 23 grey levels once decoded), and a story must be reproducible.
                 yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
                 for packet in stream.encode(yuv):
                     container.mux(packet)
