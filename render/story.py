@@ -123,7 +123,7 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
     _apply_character_files(story, options)
     story, planned = _complete_shots(story, options)
     shots = story.all_shot_settings()
-    characters = _check_characters(shots)
+    characters = _check_characters(shots, options.models)
     for shot in shots:
         if shot.width % 8 or shot.height % 8:
             raise StoryInputError(f"shot {shot.id!r}: width and height must be multiples of 8, "
@@ -179,8 +179,13 @@ def _apply_character_files(story, options: StoryOptions) -> None:
         story.characters[name].embedding = str(path.resolve())
 
 
-def _check_characters(shots) -> tuple[tuple[str, str, str], ...]:
-    """Every character file the shots use, read and checked (safetensors, format): ``(name, path, token)``."""
+# Presets with the same architecture: a character trained on one loads on the other.
+_SAME_ARCHITECTURE = ({"sd15", "sd15-random"}, {"tiny"})
+
+
+def _check_characters(shots, models: str) -> tuple[tuple[str, str, str], ...]:
+    """Every character file the shots use, read and checked (safetensors, format, the preset it was trained
+    on against ``--models``; the full check against the loaded models follows): ``(name, path, token)``."""
     from characters import CharacterFileError, load_character
 
     found = {}
@@ -189,9 +194,13 @@ def _check_characters(shots) -> tuple[tuple[str, str, str], ...]:
             if character.embedding is None or character.name in found:
                 continue
             try:
-                load_character(character.embedding)
+                trained_on = load_character(character.embedding).base_model.get("preset")
             except CharacterFileError as exc:
                 raise StoryInputError(f"character {character.name!r}: {exc}") from None
+            if trained_on and not any({trained_on, models} <= family for family in _SAME_ARCHITECTURE):
+                raise StoryInputError(f"character {character.name!r}: {character.embedding} was trained on the "
+                                      f"{trained_on!r} models; this render uses --models {models} (train the "
+                                      f"character again with train-character --models {models})")
             found[character.name] = (character.name, str(character.embedding), character.token)
     return tuple(found.values())
 

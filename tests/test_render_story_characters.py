@@ -96,6 +96,16 @@ def test_bad_character_arguments_exit_2_before_writing(tmp_path, tiny_index, cha
     assert not out.exists()
 
 
+def test_a_character_of_other_models_exits_2_before_loading_them(tmp_path, tiny_index, character_files):
+    storyboard = cheap_storyboard(tmp_path, two_shots)
+    out = tmp_path / "out"
+    result = run(storyboard, "--index", tiny_index, "--out", out, "--models", "sd15",  # sd15 is not downloadable
+                 "--character", f"hare={character_files['hare']}")
+    assert result.exit_code == 2, result.output
+    assert "trained on the 'tiny' models" in result.output and "--models sd15" in result.output
+    assert not out.exists()
+
+
 def _pickle_file(folder):
     import torch
 
