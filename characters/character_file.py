@@ -36,13 +36,13 @@ import torch
 
 from characters.errors import CharacterFileError
 from characters.timeinv import row_index
+from retrieval.clip_models import PICKLE_SUFFIXES
 
 FORMAT_VERSION = 1
 FORMAT_KEY = "storyreel_character"
 TABLE_KEY = "lora_bundle.timeinv_table"
 UNET_PREFIX = "unet."
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header key for the LoraConfig
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _JSON_FIELDS = ("base_model", "base_signature", "training")
 
 

@@ -36,13 +36,12 @@ from typing import Any
 import torch
 
 from render import model_presets as presets
-from retrieval.clip_models import ModelLoadError, default_device
+from retrieval.clip_models import PICKLE_SUFFIXES, ModelLoadError, default_device
 
 COMPONENT_KEYS = ("base", "tokenizer", "text_encoder", "vae", "unet", "motion_adapter", "controlnet")
 BASE_PARTS = ("tokenizer", "text_encoder", "vae", "unet")
 # The order components are loaded in: small first, so an offline failure comes before gigabytes are read.
 LOAD_ORDER = ("tokenizer", "text_encoder", "vae", "controlnet", "motion_adapter", "unet")
-_UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)*$")
 _METADATA_KEY = re.compile(r"^_|^(transformers_version|architectures|dtype|torch_dtype|model_type)$")
 
@@ -253,7 +252,7 @@ def parse_source(value: Any, key: str, path: Path | None = None) -> ComponentSou
     candidate = Path(text).expanduser()
     candidate = candidate if candidate.is_absolute() else base_dir / candidate
     if isinstance(value, Path) or _looks_local(text) or candidate.exists():
-        if candidate.suffix.lower() in _UNSAFE_SUFFIXES:
+        if candidate.suffix.lower() in PICKLE_SUFFIXES:
             raise ModelConfigError(path, key, f"refusing '{text}': pickle-based checkpoints can run code; give a "
                                               "folder with .safetensors weights")
         if candidate.is_file():
@@ -395,7 +394,7 @@ def _local_variant(name: str, folder: Path) -> str | None:
     files = [p.name for p in folder.iterdir() if p.is_file()]
     safetensors = [f for f in files if f.endswith(".safetensors") or f.endswith(".safetensors.index.json")]
     if not safetensors:
-        unsafe = sorted(f for f in files if Path(f).suffix.lower() in _UNSAFE_SUFFIXES)
+        unsafe = sorted(f for f in files if Path(f).suffix.lower() in PICKLE_SUFFIXES)
         found = f" (it holds {', '.join(unsafe)})" if unsafe else ""
         raise RenderModelLoadError(
             f"render {name}: '{folder}' holds no .safetensors weights{found}; pickle-based checkpoints can run code, "

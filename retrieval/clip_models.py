@@ -31,7 +31,9 @@ TINY_CONFIG = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
-_UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Pickle-based checkpoint suffixes: loading one can run code, so storyreel refuses them everywhere
+# (retrieval, structure, characters and render models alike) and loads only safetensors.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 class ModelLoadError(RuntimeError):
@@ -91,7 +93,7 @@ def _build_open_clip(spec: ModelSpec, device: torch.device) -> tuple[torch.nn.Mo
             )
     if pretrained and ("/" in pretrained or Path(pretrained).suffix):
         path = Path(pretrained).expanduser()
-        if path.suffix.lower() in _UNSAFE_SUFFIXES:
+        if path.suffix.lower() in PICKLE_SUFFIXES:
             raise ModelLoadError(
                 f"refusing to load '{path}': pickle-based checkpoints can run code; convert it to .safetensors"
             )

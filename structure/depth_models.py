@@ -39,13 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval.clip_models import ModelLoadError, default_device
+from retrieval.clip_models import PICKLE_SUFFIXES, ModelLoadError, default_device
 
 DEFAULT_MODEL = "dpt-hybrid"
 TINY = "tiny"
 TINY_SEED = 0
 RANDOM_SEED = 0
-_UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 # The tiny preset: the DPT (ViT) architecture at toy size. initializer_range 0.1, not DPT's 0.02: with
 # 0.02 the random network's depth is about 1e-9 and half of it exactly 0 (the head ends in a ReLU).
@@ -234,7 +233,7 @@ def _load_pretrained(repo_or_folder: str, revision: str | None, local: bool):
 
 def _check_local_folder(folder: Path) -> None:
     if not any(folder.glob("*.safetensors")):
-        unsafe = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in _UNSAFE_SUFFIXES)
+        unsafe = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         found = f" (found {', '.join(unsafe)})" if unsafe else ""
         raise DepthModelLoadError(
             f"depth model folder '{folder}' holds no .safetensors weights{found}; pickle-based checkpoints can "
@@ -261,7 +260,7 @@ def load_depth_model(spec: str = DEFAULT_MODEL, device: str | torch.device | Non
         path = Path(spec).expanduser()
         if preset is not None:
             model, processor = _load_pretrained(preset.repo_id, preset.revision, local=False)
-        elif path.suffix.lower() in _UNSAFE_SUFFIXES:
+        elif path.suffix.lower() in PICKLE_SUFFIXES:
             raise DepthModelLoadError(
                 f"refusing to load '{path}': pickle-based checkpoints can run code; pass a folder with "
                 ".safetensors weights"
