@@ -383,10 +383,10 @@ class ShotRenderer:
 
         scales = {c.name: c.scale for c in shot.characters if c.name in self._characters}
         self._characters.activate(scales)
-        record = {name: {"scale": scale, "token": self._characters[name].token,
-                         "in_prompt": name in self._characters.characters_in(prompt)}
+        in_prompt = self._characters.characters_in(prompt)
+        record = {name: {"scale": scale, "token": self._characters[name].token, "in_prompt": name in in_prompt}
                   for name, scale in scales.items()}
-        if not self._characters.characters_in(prompt) and not self._characters.characters_in(shot.negative_prompt):
+        if not in_prompt and not self._characters.characters_in(shot.negative_prompt):
             return record, None
         hook = per_step_embeddings(self._characters, None, prompt, shot.negative_prompt,
                                    encode_pair=encoder.encode_pair)

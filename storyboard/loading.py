@@ -28,17 +28,26 @@ def load_storyboard(path: str | os.PathLike, *, check_files: bool = True) -> Sto
     character embedding and clip it references must exist.
     """
     path = Path(path)
+    return parse_storyboard(read_text_file(path, "storyboard"), source=path, check_files=check_files)
+
+
+def read_text_file(path: Path, kind: str) -> str:
+    """The UTF-8 text of ``path``; :class:`StoryboardError` naming the file (a ``kind`` file) otherwise."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise StoryboardError([Problem("", "no such storyboard file")], path) from None
+        raise StoryboardError([Problem("", f"no such {kind} file")], path) from None
     except IsADirectoryError:
-        raise StoryboardError([Problem("", "is a folder, not a storyboard file")], path) from None
+        raise StoryboardError([Problem("", f"is a folder, not a {kind} file")], path) from None
     except UnicodeDecodeError as exc:
         raise StoryboardError([Problem("", f"not UTF-8 text (byte {exc.start})")], path) from None
     except OSError as exc:
         raise StoryboardError([Problem("", f"cannot be read: {exc.strerror or exc}")], path) from None
-    return parse_storyboard(text, source=path, check_files=check_files)
+
+
+def read_json_file(path: Path, kind: str) -> Any:
+    """The strict JSON value in ``path`` (no duplicate keys, no NaN/Infinity); errors name the file and line."""
+    return parse_json(read_text_file(path, kind), path)
 
 
 def parse_storyboard(data: str | bytes | Mapping[str, Any], *, source: str | os.PathLike | None = None,
@@ -48,7 +57,7 @@ def parse_storyboard(data: str | bytes | Mapping[str, Any], *, source: str | os.
     ``source`` names it in errors and, unless ``base_dir`` is given, its folder is where relative paths
     start (without either: the current directory). ``check_files`` checks that referenced files exist.
     """
-    raw = _parse_json(data, source) if isinstance(data, (str, bytes)) else data
+    raw = parse_json(data, source) if isinstance(data, (str, bytes)) else data
     if not isinstance(raw, Mapping):
         raise StoryboardError([Problem("", f"a storyboard must be a JSON object, got {describe(raw)}")], source)
     try:
@@ -94,9 +103,15 @@ def _rebase(storyboard: Storyboard, written: str, target_dir: Path) -> str:
         return str(resolved)
 
 
-def _parse_json(data: str | bytes, source) -> Any:
+def strict_json_loads(data: str | bytes) -> Any:
+    """``json.loads`` that refuses a key twice in one object and NaN/Infinity (ValueError); storyboards,
+    characters files and LLM answers are all read with it."""
+    return json.loads(data, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+
+
+def parse_json(data: str | bytes, source) -> Any:
     try:
-        return json.loads(data, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+        return strict_json_loads(data)
     except json.JSONDecodeError as exc:
         raise StoryboardError(
             [Problem("", f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}")], source) from None

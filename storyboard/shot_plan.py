@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from storyboard.caption_weights import caption_problems
 from storyboard.errors import problems_from_validation_error
 from storyboard.format import DEFAULT_NEGATIVE_PROMPT
+from storyboard.loading import strict_json_loads
 from storyboard.motion_lexicon import FANTASY, STOP_WORDS
 from storyboard.story_characters import CastMember
 from storyboard.verb_phrases import word_stems
@@ -164,7 +165,7 @@ def parse_answer(content: Any) -> dict:
             raise PlanRejected(f"malformed answer: no JSON object in {_quote(text)}")
         text = text[start:end + 1]
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        value = strict_json_loads(text)
     except json.JSONDecodeError as exc:
         raise PlanRejected(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except ValueError as exc:
@@ -177,19 +178,6 @@ def parse_answer(content: Any) -> dict:
 def _quote(text: str) -> str:
     text = "".join(c if c.isprintable() else " " for c in text)
     return repr(text if len(text) <= 60 else text[:57] + "...")
-
-
-def _no_duplicates(pairs):
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"key {key!r} appears twice")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a number in JSON")
 
 
 def validate_plan(answer: Any, request: ShotRequest) -> ShotPlan:

@@ -16,7 +16,6 @@ child), else ``a person``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import unicodedata
@@ -24,12 +23,13 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Mapping
 
 from pydantic import Field, RootModel, ValidationError, field_validator
 
 from storyboard.errors import Problem, StoryboardError, custom_error, describe, problems_from_validation_error
 from storyboard.format import NAME_PATTERN, Character
+from storyboard.loading import read_json_file
 from storyboard.motion_lexicon import (BEINGS, HUMAN_NOUNS, IRREGULAR, PREPOSITIONS, STOP_WORDS, being_for,
                                        body_for_class_word, verb_lemma)
 from storyboard.verb_phrases import tokenize
@@ -156,23 +156,7 @@ def load_characters_file(path: str | os.PathLike) -> tuple[list[CastMember], Pat
     """The cast in a characters file (or a storyboard file's characters) and the folder its relative
     embedding paths start from. :class:`StoryboardError` names the file and field of any problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StoryboardError([Problem("", "no such characters file")], path) from None
-    except IsADirectoryError:
-        raise StoryboardError([Problem("", "is a folder, not a characters file")], path) from None
-    except UnicodeDecodeError as exc:
-        raise StoryboardError([Problem("", f"not UTF-8 text (byte {exc.start})")], path) from None
-    except OSError as exc:
-        raise StoryboardError([Problem("", f"cannot be read: {exc.strerror or exc}")], path) from None
-    try:
-        raw = json.loads(text, object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as exc:
-        raise StoryboardError([Problem("", f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}")],
-                              path) from None
-    except ValueError as exc:
-        raise StoryboardError([Problem("", f"invalid JSON: {exc}")], path) from None
+    raw = read_json_file(path, "characters")
     prefix: tuple = ()
     if isinstance(raw, dict) and "format_version" in raw and isinstance(raw.get("characters"), dict):
         raw, prefix = raw["characters"], ("characters",)          # a storyboard: its characters
@@ -210,18 +194,6 @@ def load_characters_file(path: str | os.PathLike) -> tuple[list[CastMember], Pat
                         embedding=spec.embedding, scale=spec.scale, unique_class_words=unique)
             for name, spec in parsed.items()]
     return cast, base
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    result: dict = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"key {key!r} appears twice in one object")
-        result[key] = value
-    return result
-
-
-# -- finding characters in a passage --------------------------------------------------------------------
 
 
 def _ascii_name(word: str) -> str:
