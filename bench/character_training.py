@@ -59,7 +59,7 @@ def reference_images(resolution: int):
 def setup(args):
     import torch
 
-    from render.model_loading import load_render_components
+    from storyreel.models.loading import load_render_components
     from structure.depth_models import load_depth_model
 
     if args.threads:

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     import torch
     from diffusers import AnimateDiffControlNetPipeline
 
-    from render.model_loading import load_render_components
+    from storyreel.models.loading import load_render_components
     from render.sampler import StructureGuidedSampler
 
     if args.threads:

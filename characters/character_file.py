@@ -36,7 +36,8 @@ import torch
 
 from characters.errors import CharacterFileError
 from characters.timeinv import row_index
-from retrieval.clip_models import PICKLE_SUFFIXES
+from storyreel.errors import first_line
+from storyreel.weights_policy import PICKLE_SUFFIXES
 
 FORMAT_VERSION = 1
 FORMAT_KEY = "storyreel_character"
@@ -147,7 +148,7 @@ def save_character(character: Character, path: str | os.PathLike) -> Path:
     """Write ``character`` to ``path`` (``.safetensors``) atomically; returns the path."""
     from safetensors.torch import save_file
 
-    from retrieval.atomic_files import atomic_path
+    from storyreel.atomic_files import atomic_path
 
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
@@ -194,7 +195,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             header = dict(handle.metadata() or {})
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc, limit=None)
         raise CharacterFileError(path, f"not a safetensors file{_sniff(path)}: {reason}. Only .safetensors "
                                        "character files are loaded") from None
     return tensors, header
@@ -286,7 +287,7 @@ def export_textual_inversion(character: Character, path: str | os.PathLike) -> P
     """Write the time-averaged embedding as a plain textual-inversion file: ``{token: 1 x d}`` safetensors."""
     from safetensors.torch import save_file
 
-    from retrieval.atomic_files import atomic_path
+    from storyreel.atomic_files import atomic_path
 
     path = Path(path)
     if path.suffix.lower() != ".safetensors":

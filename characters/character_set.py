@@ -48,6 +48,7 @@ from characters.errors import CharacterError, CharacterFileError, CharacterToken
 from characters.lora_targets import DEFAULT_PROJECTIONS, lora_config, spatial_attention_targets, target_shapes, \
     unet_signature
 from characters.timeinv import TimeInvTable, TokenEmbeddingHook, initial_table
+from storyreel.seeding import seeded
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -299,8 +300,7 @@ class CharacterSet:
         targets = spatial_attention_targets(components.unet, projections)
         if not targets:
             raise CharacterError("the UNet has no spatial attention layers to put a LoRA on")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self._add_adapter(name, lora_config(targets, rank, alpha))
         try:
             token_id = self._register_token(token, table.time_average().detach())

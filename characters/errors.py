@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from storyreel.errors import StoryreelError
+
 import os
 
 
-class CharacterError(ValueError):
+class CharacterError(StoryreelError, ValueError):
     """Bad input to the characters stage (reference images, tokens, settings, character files)."""
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from characters.errors import ReferenceImageCountWarning, ReferenceImageError
+from storyreel.errors import first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MIN_IMAGES = 3
@@ -100,7 +101,7 @@ def read_image(path: str | os.PathLike) -> ReferenceImage:
             image = ImageOps.exif_transpose(image)
             pixels = to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc, limit=None)
         raise ReferenceImageError(path, f"cannot decode the image ({reason})") from None
     if pixels.ndim != 3 or pixels.shape[2] != 3 or min(pixels.shape[:2]) == 0:
         raise ReferenceImageError(path, f"cannot decode the image (got an array of shape {pixels.shape})")

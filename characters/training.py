@@ -51,7 +51,7 @@ from characters.lora_targets import parse_projections
 from characters.pseudo_video import (DEFAULT_SCALE_RANGE, PROMPT_TEMPLATES, VideoSample, character_prompt,
                                      pseudo_video, sample_augmentation)
 from characters.reference_images import ReferenceImage
-from storyboard.fingerprint import file_sha256
+from storyreel.hashing import file_sha256
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CHECKPOINT_FILE = "checkpoint.json"
@@ -330,7 +330,7 @@ class CharacterTrainer:
         """Write the state after ``self.step`` steps to ``folder`` (older checkpoint files are removed)."""
         from safetensors.torch import save_file
 
-        from retrieval.atomic_files import atomic_path, write_json
+        from storyreel.atomic_files import atomic_path, write_json
 
         folder = Path(folder)
         name = f"checkpoint-{self.step:07d}.safetensors"

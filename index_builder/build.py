@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from storyreel.errors import StoryreelError
+
 import contextlib
 import hashlib
 import os
@@ -19,11 +21,11 @@ from index_builder.segmenter import SegmentSettings
 from index_builder.sources import SourceError, SourceReport, VideoJob, read_jsonl_manifest, scan_folder
 from index_builder.store import IndexStore
 from index_builder.tuning_queries import MOTION_QUERIES
-from retrieval import atomic_files
+from storyreel import atomic_files
 from retrieval.index_format import ERRORS_FILE, FAISS_FILE, FORMAT_VERSION, MANIFEST_FILE, IndexFormatError, Manifest
 
 
-class BuildError(RuntimeError):
+class BuildError(StoryreelError, RuntimeError):
     """A build that cannot start or finish; the message says why and what to do."""
 
 

@@ -39,7 +39,7 @@ def main(paths, out, kinetics_csv, manifest, models, engine, workers, update, wi
     """Index the videos under PATH... into the folder --out."""
     from index_builder.build import BuildError, BuildOptions, build_index
     from index_builder.sources import SourceError
-    from retrieval.clip_models import ModelLoadError
+    from storyreel.errors import ModelLoadError
 
     if not paths and manifest is None:
         raise click.UsageError("give at least one PATH (a folder of videos) or --manifest")

@@ -25,6 +25,7 @@ import numpy as np
 
 from index_builder.decode_worker import DecodedVideo, DecodeSettings
 from index_builder.sources import VideoJob
+from storyreel.ray_runtime import init_ray
 
 DECODE_BATCH = 8  # files per decode call at most
 Result = tuple[VideoJob, DecodedVideo | None, str | None, np.ndarray | None]
@@ -73,12 +74,7 @@ class _Embed:
 
 
 def _init_ray():
-    import ray
-
-    if not ray.is_initialized():
-        paths = os.pathsep.join(p for p in sys.path if p)
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-                 runtime_env={"env_vars": {"PYTHONPATH": paths}})
+    ray = init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
 

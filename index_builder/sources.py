@@ -6,6 +6,8 @@ Every source yields :class:`VideoJob` records; a job's ``key`` identifies it acr
 
 from __future__ import annotations
 
+from storyreel.errors import StoryreelError
+
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -14,7 +16,7 @@ from pathlib import Path
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 
 
-class SourceError(ValueError):
+class SourceError(StoryreelError, ValueError):
     """A source that cannot be used at all (missing folder, malformed CSV or manifest)."""
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from index_builder.decode_worker import DecodedVideo
 from index_builder.sources import VideoJob
-from retrieval import atomic_files
+from storyreel import atomic_files
 from retrieval.index_format import EMBEDDINGS_DIR, METADATA_FILE, SCHEMA
 
 

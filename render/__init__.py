@@ -1,15 +1,15 @@
-"""Rendering: the depth-guided AnimateDiff + ControlNet model that renders each shot.
+"""Rendering: the depth-guided AnimateDiff + ControlNet sampler and ``render-story``.
 
-Stage five of storyboard → retrieval → structure → characters → **render**. This package owns the model
-presets (:mod:`render.model_presets`: ``sd15``, ``tiny``, ``sd15-random``) and their loading
-(:mod:`render.model_loading`)::
+Stage five of storyboard → retrieval → structure → characters → **render**. This package owns the
+structure-guided sampler (:mod:`render.sampler`: the tau window, per-step embeddings, context windows),
+compel prompt weighting (:mod:`render.prompt_weighting`) and the story driver behind ``render-story``.
+The models it renders with come from the model zoo (:mod:`storyreel.models`)::
 
-    from render import load_render_components
+    from render import StructureGuidedSampler
+    from storyreel.models.loading import load_render_components
 
     components = load_render_components("tiny", device="cpu")      # or "sd15", "sd15-random"
-    components.unet                # UNetMotionModel (SD1.5 UNet + AnimateDiff motion modules)
-    components.controlnet          # the depth ControlNet
-    components.record()            # preset, sources and config fingerprints, for reports
+    frames = StructureGuidedSampler(components)("a hare", conditioning=depth, steps=25, tau=0.5).frames
 
 Heavy modules (torch, diffusers, transformers) are imported lazily, as in :mod:`retrieval`.
 """
@@ -17,19 +17,8 @@ Heavy modules (torch, diffusers, transformers) are imported lazily, as in :mod:`
 from importlib import import_module
 
 _EXPORTS = {
-    "build_clip_tokenizer": "render.clip_tokenizer",
-    "ComponentSource": "render.model_loading",
-    "ModelConfigError": "render.model_loading",
-    "RenderComponents": "render.model_loading",
-    "RenderModelLoadError": "render.model_loading",
-    "load_render_components": "render.model_loading",
-    "read_config_file": "render.model_loading",
-    "DEFAULT_PRESET": "render.model_presets",
-    "PRESET_NAMES": "render.model_presets",
-    "SCHEDULER_NAMES": "render.model_presets",
-    "build_random_components": "render.model_presets",
-    "build_tiny_components": "render.model_presets",
-    "make_scheduler": "render.model_presets",
+    "StructureGuidedSampler": "render.sampler",
+    "WeightedPromptEncoder": "render.prompt_weighting",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -74,8 +74,8 @@ def main(storyboard, index, out, models, crossfade, device, engine, workers, cpu
     except StoryInputError as exc:
         _fail(str(exc))
     from characters import CharacterError
-    from render.model_loading import ModelConfigError
-    from retrieval.clip_models import ModelLoadError
+    from storyreel.models.loading import ModelConfigError
+    from storyreel.errors import ModelLoadError
 
     try:
         report = render_story(plan, echo=click.echo)

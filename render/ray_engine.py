@@ -13,15 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-
-def _init_ray():
-    import ray
-
-    if not ray.is_initialized():
-        paths = os.pathsep.join(p for p in sys.path if p)
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-                 runtime_env={"env_vars": {"PYTHONPATH": paths}})
-    return ray
+from storyreel.ray_runtime import init_ray
 
 
 def worker_resources(ray, workers: int | None) -> tuple[int, dict]:
@@ -56,7 +48,7 @@ def render_on_ray(settings, jobs: list[tuple], done: Callable[[object, dict, flo
     in the driver as each finishes. A failed shot does not stop the others; the first error is raised at the end."""
     if not jobs:
         return
-    ray = _init_ray()
+    ray = init_ray()
     count, resources = worker_resources(ray, workers)
     count = min(count, len(jobs))
     actor_class = ray.remote(**resources)(_RenderActor)

@@ -60,7 +60,7 @@ class SampleResult:
 
 
 class StructureGuidedSampler:
-    """Depth-guided AnimateDiff + ControlNet sampling over a :class:`render.model_loading.RenderComponents`."""
+    """Depth-guided AnimateDiff + ControlNet sampling over a :class:`storyreel.models.loading.RenderComponents`."""
 
     def __init__(self, components, scheduler=None):
         self.components = components

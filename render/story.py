@@ -23,6 +23,8 @@ again avoid the footage of every other shot, so no two shots overlap.
 
 from __future__ import annotations
 
+from storyreel.errors import StoryreelError
+
 import json
 import math
 import os
@@ -34,14 +36,15 @@ from typing import Callable
 
 import numpy as np
 
-from retrieval.atomic_files import atomic_path, write_json
+from storyreel.atomic_files import atomic_path, write_json
+from storyreel.hashing import file_sha256
+from storyreel.models import presets
 
 CODE_VERSION = 2  # bump when a change in this module or the render changes a shot's pixels
-DEPTH_MODELS = {"tiny": "tiny", "sd15": "dpt-hybrid"}  # --models value → depth model
 PREVIEW_FRAMES = 3
 
 
-class StoryInputError(ValueError):
+class StoryInputError(StoryreelError, ValueError):
     """Bad input (storyboard, index, options): reported as ``error: ...`` with exit code 2."""
 
 
@@ -100,7 +103,7 @@ def shot_files(out: Path, shot) -> dict[str, Path]:
 # -- preparing ----------------------------------------------------------------------------------------------
 def prepare_story(options: StoryOptions) -> StoryPlan:
     """Check every input; raise :class:`StoryInputError` (nothing loaded, nothing written)."""
-    from storyboard import StoryboardError, file_sha256, load_storyboard
+    from storyboard import StoryboardError, load_storyboard
 
     if options.engine not in ("local", "ray"):
         raise StoryInputError(f"unknown --engine {options.engine!r}; use local or ray")
@@ -111,8 +114,8 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
             raise StoryInputError("--engine ray needs Ray: pip install 'storyreel[ray]' (or use --engine local)")
     if options.workers is not None and options.workers < 1:
         raise StoryInputError(f"--workers must be 1 or more, got {options.workers}")
-    if options.models not in DEPTH_MODELS:
-        raise StoryInputError(f"unknown --models value {options.models!r}; use one of {', '.join(DEPTH_MODELS)}")
+    if options.models not in presets.PRESETS:
+        raise StoryInputError(f"unknown --models value {options.models!r}; use one of {', '.join(presets.PRESET_NAMES)}")
     if not (isinstance(options.crossfade, (int, float)) and math.isfinite(options.crossfade)
             and options.crossfade >= 0):
         raise StoryInputError(f"--crossfade must be 0 or more seconds, got {options.crossfade!r}")
@@ -143,7 +146,7 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
     if options.index is not None:
         library, index_record = _open_index(Path(options.index))
 
-    depth_model = DEPTH_MODELS[options.models]
+    depth_model = presets.PRESETS[options.models].depth_model
     hashes = {}
     for shot in shots:
         extra = {"models": options.models, "depth_model": depth_model, "code_version": CODE_VERSION,
@@ -179,10 +182,6 @@ def _apply_character_files(story, options: StoryOptions) -> None:
         story.characters[name].embedding = str(path.resolve())
 
 
-# Presets with the same architecture: a character trained on one loads on the other.
-_SAME_ARCHITECTURE = ({"sd15", "sd15-random"}, {"tiny"})
-
-
 def _check_characters(shots, models: str) -> tuple[tuple[str, str, str], ...]:
     """Every character file the shots use, read and checked (safetensors, format, the preset it was trained
     on against ``--models``; the full check against the loaded models follows): ``(name, path, token)``."""
@@ -197,7 +196,7 @@ def _check_characters(shots, models: str) -> tuple[tuple[str, str, str], ...]:
                 trained_on = load_character(character.embedding).base_model.get("preset")
             except CharacterFileError as exc:
                 raise StoryInputError(f"character {character.name!r}: {exc}") from None
-            if trained_on and not any({trained_on, models} <= family for family in _SAME_ARCHITECTURE):
+            if trained_on and not presets.same_architecture(trained_on, models):
                 raise StoryInputError(f"character {character.name!r}: {character.embedding} was trained on the "
                                       f"{trained_on!r} models; this render uses --models {models} (train the "
                                       f"character again with train-character --models {models})")
@@ -207,10 +206,10 @@ def _check_characters(shots, models: str) -> tuple[tuple[str, str, str], ...]:
 
 def _check_clip(shot) -> None:
     """A clip override must open and its range lie within the clip (checked before any model loads)."""
-    from structure.extract import _check_within_clip, resolve_source
+    from structure.extract import check_within_clip, resolve_source
 
     try:
-        _check_within_clip(resolve_source((shot.clip.path, shot.clip.start, shot.clip.end)))
+        check_within_clip(resolve_source((shot.clip.path, shot.clip.start, shot.clip.end)))
     except Exception as exc:  # noqa: BLE001  (decode errors of any kind are the input's fault here)
         raise StoryInputError(f"shot {shot.id!r}: clip {shot.clip.path}: {exc}") from None
 
@@ -278,7 +277,7 @@ class ShotRenderer:
 
     def load(self):
         if self._components is None:
-            from render.model_loading import load_render_components
+            from storyreel.models.loading import load_render_components
             from structure.depth_models import load_depth_model
 
             s = self.settings
@@ -295,10 +294,10 @@ class ShotRenderer:
         """Depth of ``segment`` → structure-guided render → the shot's mp4, gif, preview and sidecar."""
         import torch
 
-        from render.model_presets import make_scheduler
+        from storyreel.models.schedulers import make_scheduler
         from render.prompt_weighting import WeightedPromptEncoder
         from render.sampler import StructureGuidedSampler
-        from render.video_files import write_gif, write_mp4
+        from storyreel.video_files import write_gif, write_mp4
         from structure.conditioning import controlnet_condition
         from structure.extract import extract_depth, read_source_frames
 
@@ -405,7 +404,7 @@ def load_characters(components, characters: tuple[tuple[str, str, str], ...]):
     """A :class:`characters.CharacterSet` on ``components`` with each ``(name, file, token)`` loaded once: its
     token registered and its LoRA a named adapter. A file made for another base model is refused here."""
     from characters import CharacterSet, load_character
-    from render.model_loading import base_model_record
+    from storyreel.models.loading import base_model_record
 
     character_set = CharacterSet(components, base_model=base_model_record(components))
     for name, path, token in characters:
@@ -493,7 +492,7 @@ def render_story(plan: StoryPlan, echo: Callable[[str], None] = print) -> dict:
 
 def _finish(plan: StoryPlan, sidecars: dict, status: dict, renderer: ShotRenderer, seconds: float) -> dict:
     from render.story_sheet import SheetRow, draw_story_sheet
-    from render.video_files import join_shots, read_video, write_mp4
+    from storyreel.video_files import join_shots, read_video, write_mp4
 
     out = plan.out
     shot_frames, rows = [], []

@@ -9,8 +9,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from retrieval import atomic_files
-from retrieval.contact_sheet import _BACKGROUND, _MUTED, _TEXT, _font
+from storyreel import atomic_files
+from storyreel import drawing
 
 
 @dataclass
@@ -46,7 +46,7 @@ def _strip(frames: np.ndarray | None, count: int, thumb: int) -> Image.Image:
     width = count * thumb + (count - 1) * 2
     strip = Image.new("RGB", (width, thumb), (40, 40, 46))
     if frames is None or len(frames) == 0:
-        ImageDraw.Draw(strip).text((4, thumb // 2 - 6), "(none)", fill=_MUTED, font=_font(12))
+        ImageDraw.Draw(strip).text((4, thumb // 2 - 6), "(none)", fill=drawing.MUTED, font=drawing.font(12))
         return strip
     for i, frame in enumerate(pick_frames(frames, count)):
         image = Image.fromarray(frame)
@@ -61,30 +61,30 @@ def draw_story_sheet(rows: Sequence[SheetRow], out_path: str | Path, title: str 
     """Draw the storyboard sheet and write it (atomically) to ``out_path`` as PNG."""
     if not rows:
         raise ValueError("no shots to draw")
-    font, small = _font(14), _font(12)
+    font, small = drawing.font(14), drawing.font(12)
     gap, title_h, label_h = 8, 28 if title else 0, 16
     header_h = 52 if any(row.prompt for row in rows) else 36
     part_w = frames_per_part * thumb + (frames_per_part - 1) * 2
     sheet_w = 3 * part_w + 4 * gap
     row_h = header_h + label_h + thumb + gap
-    sheet = Image.new("RGB", (sheet_w, title_h + len(rows) * row_h + gap), _BACKGROUND)
+    sheet = Image.new("RGB", (sheet_w, title_h + len(rows) * row_h + gap), drawing.BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     y = gap
     if title:
-        draw.text((gap, y), title, fill=_TEXT, font=font)
+        draw.text((gap, y), title, fill=drawing.TEXT, font=font)
         y += title_h
     for row in rows:
-        draw.text((gap, y), _fit(draw, row.title + "  " + row.caption, font, sheet_w - 2 * gap), fill=_TEXT, font=font)
-        draw.text((gap, y + 17), _fit(draw, row.source, small, sheet_w - 2 * gap), fill=_MUTED, font=small)
+        draw.text((gap, y), _fit(draw, row.title + "  " + row.caption, font, sheet_w - 2 * gap), fill=drawing.TEXT, font=font)
+        draw.text((gap, y + 17), _fit(draw, row.source, small, sheet_w - 2 * gap), fill=drawing.MUTED, font=small)
         if row.prompt:
-            draw.text((gap, y + 33), _fit(draw, "caption: " + row.prompt, small, sheet_w - 2 * gap), fill=_MUTED,
+            draw.text((gap, y + 33), _fit(draw, "caption: " + row.prompt, small, sheet_w - 2 * gap), fill=drawing.MUTED,
                       font=small)
         y += header_h
         parts = [("retrieved", row.retrieved), ("depth", None if row.depth is None else depth_to_rgb(row.depth)),
                  ("rendered", row.rendered)]
         for i, (label, frames) in enumerate(parts):
             x = gap + i * (part_w + gap)
-            draw.text((x, y), label, fill=_MUTED, font=small)
+            draw.text((x, y), label, fill=drawing.MUTED, font=small)
             sheet.paste(_strip(frames, frames_per_part, thumb), (x, y + label_h))
         y += label_h + thumb + gap
     out_path = Path(out_path)

@@ -34,7 +34,7 @@ def _table(results) -> str:
               help="Bonus per unit of label/caption word match.")
 def main(index, query, k, as_json, contact_sheet, models, duration, min_motion, max_motion, per_clip, label_weight):
     """Search the index folder INDEX for segments matching QUERY."""
-    from retrieval.clip_models import ModelLoadError
+    from storyreel.errors import ModelLoadError
     from retrieval.index_format import IndexFormatError
     from retrieval.library import Library
     from retrieval.reranking import RerankOptions

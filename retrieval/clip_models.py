@@ -13,7 +13,6 @@ Model specs (what ``--models`` takes):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +21,11 @@ import numpy as np
 import torch
 
 from retrieval.frame_preprocessing import square_crop
+from storyreel.devices import default_device
+from storyreel.errors import ModelLoadError, first_line
+from storyreel.hashing import weights_fingerprint
+from storyreel.seeding import seeded
+from storyreel.weights_policy import PICKLE_REFUSAL, PICKLE_SUFFIXES
 
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 TINY = "tiny"
@@ -31,15 +35,6 @@ TINY_CONFIG = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
-# Pickle-based checkpoint suffixes: loading one can run code, so storyreel refuses them everywhere
-# (retrieval, structure, characters and render models alike) and loads only safetensors.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-
-
-class ModelLoadError(RuntimeError):
-    """A model that cannot be built or loaded; the message says which and what to do instead."""
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -67,8 +62,7 @@ def _build_tiny() -> tuple[torch.nn.Module, object]:
     import open_clip
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
+    with seeded(TINY_SEED):
         model = open_clip.CLIP(
             embed_dim=TINY_CONFIG["embed_dim"],
             vision_cfg=CLIPVisionCfg(**TINY_CONFIG["vision_cfg"]),
@@ -95,7 +89,7 @@ def _build_open_clip(spec: ModelSpec, device: torch.device) -> tuple[torch.nn.Mo
         path = Path(pretrained).expanduser()
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise ModelLoadError(
-                f"refusing to load '{path}': pickle-based checkpoints can run code; convert it to .safetensors"
+                f"refusing to load '{path}': {PICKLE_REFUSAL}; convert it to .safetensors"
             )
         if not path.is_file():
             raise ModelLoadError(f"model '{spec}': no such checkpoint file '{path}'")
@@ -106,21 +100,12 @@ def _build_open_clip(spec: ModelSpec, device: torch.device) -> tuple[torch.nn.Mo
     except Exception as exc:
         raise ModelLoadError(
             f"cannot load open_clip model '{spec.name}' with pretrained weights '{spec.pretrained}': "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}. "
+            f"{first_line(exc, limit=None)}. "
             "Without network access, download the weights once and pass the local file, e.g. "
             f"--models {spec.name}:/path/to/open_clip_model.safetensors (or local-dir:/path/to/folder), "
             "or use --models tiny for a small model with random weights."
         ) from exc
     return model, tokenizer
-
-
-def _fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of the weights (names, shapes, and the first values of each tensor)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().flatten()[:4096].to(torch.float32).cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class ClipEmbedder:
@@ -142,7 +127,7 @@ class ClipEmbedder:
         self._std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         with torch.inference_mode():
             self.dim = int(self.encode_texts(["a"]).shape[1])
-        self.fingerprint = _fingerprint(model)
+        self.fingerprint = weights_fingerprint(model)
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -203,10 +188,6 @@ class ClipEmbedder:
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_clip_model(spec: str | ModelSpec = DEFAULT_MODEL, device: str | torch.device | None = None) -> ClipEmbedder:

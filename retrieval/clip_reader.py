@@ -15,12 +15,13 @@ import numpy as np
 
 from retrieval.frame_preprocessing import cover_crop
 from retrieval.index_format import TIME_EPSILON, segment_sample_times
+from storyreel.errors import StoryreelError, first_line
 
 BACKENDS = ("auto", "decord", "pyav")
 _DECORD_BATCH = 16
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(StoryreelError, RuntimeError):
     """A video that cannot be opened or decoded; the message names the file."""
 
     def __init__(self, path: str | Path, reason: str):
@@ -60,7 +61,7 @@ class _DecordVideo:
         except VideoDecodeError:
             raise
         except Exception as exc:  # decord raises its own DECORDError and plain RuntimeErrors
-            raise VideoDecodeError(path, f"decord cannot open it ({_first_line(exc)})") from exc
+            raise VideoDecodeError(path, f"decord cannot open it ({first_line(exc)})") from exc
         stamps = stamps - stamps[0]
         plausible = (
             np.all(np.isfinite(stamps))
@@ -79,7 +80,7 @@ class _DecordVideo:
         try:
             return self._reader.get_batch(list(indices)).asnumpy()
         except Exception as exc:
-            raise VideoDecodeError(self.path, f"decord failed at frame {indices[0]} ({_first_line(exc)})") from exc
+            raise VideoDecodeError(self.path, f"decord failed at frame {indices[0]} ({first_line(exc)})") from exc
 
     def frames(self, start: float, end: float | None) -> Iterator[tuple[float, np.ndarray]]:
         lo = int(np.searchsorted(self.times, start - TIME_EPSILON, side="left"))
@@ -110,7 +111,7 @@ class _PyAVVideo:
             # HMDB51 files carry non-UTF-8 metadata that PyAV refuses by default.
             self._container = av.open(str(path), metadata_errors="replace")
         except Exception as exc:
-            raise VideoDecodeError(path, f"cannot open it ({_first_line(exc)})") from exc
+            raise VideoDecodeError(path, f"cannot open it ({first_line(exc)})") from exc
         if not self._container.streams.video:
             self._container.close()
             raise VideoDecodeError(path, "has no video stream")
@@ -156,7 +157,7 @@ class _PyAVVideo:
         except VideoDecodeError:
             raise
         except Exception as exc:
-            raise VideoDecodeError(self.path, f"decoding stopped after {index} frames ({_first_line(exc)})") from exc
+            raise VideoDecodeError(self.path, f"decoding stopped after {index} frames ({first_line(exc)})") from exc
 
     def frames_at(self, times: Sequence[float]) -> list[np.ndarray]:
         times = list(times)
@@ -181,11 +182,6 @@ class _PyAVVideo:
 
     def close(self) -> None:
         self._container.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 def open_video(path: str | Path, backend: str = "auto"):

@@ -8,26 +8,15 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from retrieval import atomic_files
-
-_BACKGROUND = (24, 24, 28)
-_TEXT = (235, 235, 235)
-_MUTED = (150, 150, 160)
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow built without FreeType
-        return ImageFont.load_default()
-
+from storyreel import atomic_files
+from storyreel import drawing
 
 def draw_contact_sheet(segments: Sequence, out_path: str | Path, frames_per_row: int = 4, thumb_height: int = 96,
                        title: str | None = None) -> Path:
     """Draw ``segments`` (objects with ``read_frames``, ``score``, ``label``, ``path``, ``start``, ``end``)."""
     if not segments:
         raise ValueError("no segments to draw")
-    font, small = _font(14), _font(12)
+    font, small = drawing.font(14), drawing.font(12)
     rows = []
     for rank, segment in enumerate(segments, start=1):
         frames = segment.read_frames(num_frames=frames_per_row)
@@ -39,17 +28,17 @@ def draw_contact_sheet(segments: Sequence, out_path: str | Path, frames_per_row:
     gap, caption_h, title_h = 6, 36, 28 if title else 0
     sheet_w = max(strip.shape[1] for _, _, strip in rows) + 2 * gap
     sheet_h = title_h + sum(caption_h + strip.shape[0] + gap for _, _, strip in rows) + gap
-    sheet = Image.new("RGB", (sheet_w, sheet_h), _BACKGROUND)
+    sheet = Image.new("RGB", (sheet_w, sheet_h), drawing.BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     y = gap
     if title:
-        draw.text((gap, y), title, fill=_TEXT, font=font)
+        draw.text((gap, y), title, fill=drawing.TEXT, font=font)
         y += title_h
     for rank, segment, strip in rows:
         label = segment.label or "(no label)"
-        draw.text((gap, y), f"#{rank}  {segment.score:.3f}  {label}", fill=_TEXT, font=font)
+        draw.text((gap, y), f"#{rank}  {segment.score:.3f}  {label}", fill=drawing.TEXT, font=font)
         draw.text((gap, y + 17), f"{Path(segment.path).name}  {segment.start:.2f}-{segment.end:.2f} s",
-                  fill=_MUTED, font=small)
+                  fill=drawing.MUTED, font=small)
         y += caption_h
         sheet.paste(Image.fromarray(strip), (gap, y))
         y += strip.shape[0] + gap

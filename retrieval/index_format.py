@@ -14,6 +14,8 @@ an uninterrupted one give every segment the same id.
 
 from __future__ import annotations
 
+from storyreel.errors import StoryreelError
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +85,7 @@ def segment_sample_times(start: float, end: float, num_frames: int) -> list[floa
     return [start + (i + 0.5) * step for i in range(num_frames)]
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(StoryreelError, ValueError):
     """An index folder that is missing files or was written by another format version."""
 
 

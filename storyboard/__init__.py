@@ -16,7 +16,7 @@ caption, length, seed, τ, or a clip that replaces retrieval)::
 """
 
 from storyboard.errors import Problem, StoryboardError
-from storyboard.fingerprint import file_sha256, shot_hash
+from storyboard.fingerprint import shot_hash
 from storyboard.format import (DEFAULT_NEGATIVE_PROMPT, FORMAT_VERSION, SCHEDULERS, Character, ClipOverride,
                                Defaults, Shot, Storyboard, storyboard_json_schema)
 from storyboard.loading import load_storyboard, parse_storyboard, save_storyboard
@@ -39,7 +39,6 @@ __all__ = [
     "Storyboard",
     "StoryboardError",
     "derive_seed",
-    "file_sha256",
     "frames_for_duration",
     "load_storyboard",
     "parse_storyboard",

@@ -14,6 +14,8 @@ which carries the exact paths of the fields at fault through pydantic.
 
 from __future__ import annotations
 
+from storyreel.errors import StoryreelError
+
 import difflib
 import json
 import re
@@ -45,7 +47,7 @@ class Problem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class StoryboardError(ValueError):
+class StoryboardError(StoryreelError, ValueError):
     """A storyboard that cannot be used; ``problems`` lists every bad field, ``source`` is the file."""
 
     def __init__(self, problems: Iterable[Problem], source: str | Path | None = None):

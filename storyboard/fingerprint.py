@@ -18,25 +18,9 @@ from pathlib import Path
 from typing import Mapping
 
 from storyboard.shot_settings import ShotSettings
+from storyreel.hashing import file_sha256
 
 HASH_VERSION = 1
-_CHUNK = 1 << 20
-# (resolved path, size, mtime_ns) → content SHA-256, so a file used by many shots is read once.
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's content (memoised per process while its size and mtime stay the same)."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _FILE_HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-        _FILE_HASHES[key] = digest.hexdigest()
-    return _FILE_HASHES[key]
 
 
 def shot_record(settings: ShotSettings) -> dict:

@@ -39,11 +39,12 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
 from storyboard.errors import Problem, StoryboardError, custom_error, describe, json_path, problems_error
 from storyboard.fingerprint import shot_hash
 from storyboard.shot_ids import unique_safe_ids
+from storyreel.models.presets import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 from storyboard.shot_settings import (ResolvedCharacter, ResolvedClip, ShotSettings, derive_seed,
                                       frames_for_duration)
 
 FORMAT_VERSION = 1
-SCHEDULERS = ("ddim", "euler", "dpmpp_2m")
+SCHEDULERS = SCHEDULER_NAMES  # the model registry's names
 DEFAULT_NEGATIVE_PROMPT = "blurry, low quality, deformed, distorted, watermark, text"
 MAX_FRAMES = 256
 MAX_SEED = 2**32 - 1
@@ -61,7 +62,7 @@ Steps = Annotated[int, Field(ge=1, le=200)]
 Guidance = Annotated[float, Field(ge=0, le=30)]
 Tau = Annotated[float, Field(ge=0, le=1)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-Scheduler = Literal["ddim", "euler", "dpmpp_2m"]
+Scheduler = Literal[SCHEDULER_NAMES]
 
 
 def _check_name(name: str) -> str:
@@ -101,7 +102,7 @@ class Defaults(_Model):
     """The story's seed; a shot without its own seed derives one from it and its id."""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     """Negative prompt of shots that give none ("" for none)."""
-    scheduler: Scheduler = "ddim"
+    scheduler: Scheduler = DEFAULT_SCHEDULER
     """Diffusion scheduler: ddim, euler or dpmpp_2m."""
 
 

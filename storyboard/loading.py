@@ -3,7 +3,7 @@
 :func:`load_storyboard` reads a JSON file, validates it and checks that the files it references exist;
 every failure is one :class:`~storyboard.errors.StoryboardError` whose lines name the file and the JSON
 path of each bad field. :func:`parse_storyboard` does the same for text or a dict already in memory (an
-LLM's answer, say). :func:`save_storyboard` writes one atomically (``retrieval.atomic_files``).
+LLM's answer, say). :func:`save_storyboard` writes one atomically (``storyreel.atomic_files``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from pydantic import ValidationError
 
-from retrieval.atomic_files import write_text
+from storyreel.atomic_files import write_text
 from storyboard.errors import Problem, StoryboardError, describe, problems_from_validation_error
 from storyboard.format import Storyboard
 

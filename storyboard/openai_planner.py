@@ -20,6 +20,8 @@ The API key is never written to the cache, the report or any message.
 
 from __future__ import annotations
 
+from storyreel.errors import StoryreelError
+
 import hashlib
 import json
 import os
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-from retrieval.atomic_files import write_json
+from storyreel.atomic_files import write_json
 from storyboard.llm_prompt import PROMPT_VERSION, build_messages, retry_message
 from storyboard.shot_plan import PlanOutcome, PlanRejected, ShotRequest, shot_plan_json_schema, validate_plan
 
@@ -39,7 +41,7 @@ MAX_ANSWER_ECHO = 2000
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class PlannerSetupError(ValueError):
+class PlannerSetupError(StoryreelError, ValueError):
     """A planner that cannot be set up from the options given (missing model, bad URL, no weights)."""
 
 

@@ -12,6 +12,8 @@ without final punctuation, followed by a blank line).
 
 from __future__ import annotations
 
+from storyreel.errors import StoryreelError
+
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ _SENTENCE_END = re.compile(r"([.!?]+|\u2026)([\"'\u201d\u2019)\]]*)(\s+)(?=[\"'\
 _WORD = re.compile(r"[^\W\d_]+")
 
 
-class PassageError(ValueError):
+class PassageError(StoryreelError, ValueError):
     """A passage that cannot be planned; the message says why (the caller names the file)."""
 
 

@@ -87,7 +87,7 @@ def main(passage, out, backend, shots, characters, style, title, width, height, 
          negative_prompt, llm_base_url, llm_model, llm_api_key_env, llm_model_path, llm_max_new_tokens, cache_dir,
          no_cache, timeout, retries, backoff, quiet):
     """Plan PASSAGE (a prose text file) into a storyboard: shots, motion queries, weighted captions."""
-    from retrieval.atomic_files import write_json
+    from storyreel.atomic_files import write_json
     from storyboard.errors import StoryboardError, problems_from_validation_error
     from storyboard.format import DEFAULT_NEGATIVE_PROMPT, Defaults
     from storyboard.loading import save_storyboard

@@ -10,7 +10,7 @@ Keys are the SHA-256 of a canonical JSON record of everything the raw depth depe
 
 Values are the *raw* model output at the render size (``T x H x W`` float32, near = large), before
 normalisation and smoothing, so changing those settings reuses the entry. Files are written atomically
-(``retrieval.atomic_files``). A file that cannot be read or does not hold what its key promises (a
+(``storyreel.atomic_files``). A file that cannot be read or does not hold what its key promises (a
 truncated write from another tool, disk corruption, a hash collision) is reported with a warning,
 recomputed and replaced; it is never fatal.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.atomic_files import write_bytes
+from storyreel.atomic_files import write_bytes
 
 CACHE_VERSION = 1
 CACHE_ENV = "STORYREEL_CACHE"

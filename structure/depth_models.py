@@ -39,7 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval.clip_models import PICKLE_SUFFIXES, ModelLoadError, default_device
+from storyreel.devices import default_device
+from storyreel.errors import ModelLoadError, first_line
+from storyreel.hashing import weights_fingerprint
+from storyreel.seeding import seeded
+from storyreel.weights_policy import PICKLE_REFUSAL, PICKLE_SUFFIXES
 
 DEFAULT_MODEL = "dpt-hybrid"
 TINY = "tiny"
@@ -115,15 +119,6 @@ RANDOM_PRESETS = {
 PRESET_NAMES = (*HUB_PRESETS, TINY, *RANDOM_PRESETS)
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of the weights (names, shapes, and the first values of each tensor)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().flatten()[:4096].to(torch.float32).cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 class DepthEstimator:
     """Relative inverse depth for batches of frames, with a transformers depth model and its processor.
 
@@ -178,17 +173,12 @@ class DepthEstimator:
 
 
 # -- building and loading ----------------------------------------------------------------------------
-def _seeded(build, seed: int):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
 def build_tiny_model():
     """The tiny preset's ``DPTForDepthEstimation`` (seeded random weights) and ``DPTImageProcessor``."""
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
-    model = _seeded(lambda: DPTForDepthEstimation(DPTConfig(**TINY_CONFIG)), TINY_SEED)
+    with seeded(TINY_SEED):
+        model = DPTForDepthEstimation(DPTConfig(**TINY_CONFIG))
     return model, DPTImageProcessor(**TINY_PROCESSOR)
 
 
@@ -197,13 +187,9 @@ def build_random_model(name: str):
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
     config = DPTConfig(**RANDOM_PRESETS[name])
-    model = _seeded(lambda: DPTForDepthEstimation(config), RANDOM_SEED)
+    with seeded(RANDOM_SEED):
+        model = DPTForDepthEstimation(config)
     return model, DPTImageProcessor(**DPT_PROCESSOR)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _offline_hint(repo_or_folder: str, revision: str | None, local: bool) -> str:
@@ -225,7 +211,7 @@ def _load_pretrained(repo_or_folder: str, revision: str | None, local: bool):
     except Exception as exc:
         where = f"'{repo_or_folder}'" + (f" (revision {revision})" if revision else "")
         raise DepthModelLoadError(
-            f"cannot load depth model {where}: {_first_line(exc)[:160]}. "
+            f"cannot load depth model {where}: {first_line(exc)[:160]}. "
             f"{_offline_hint(repo_or_folder, revision, local)}. Only safetensors weights are loaded."
         ) from exc
     return model, processor
@@ -262,7 +248,7 @@ def load_depth_model(spec: str = DEFAULT_MODEL, device: str | torch.device | Non
             model, processor = _load_pretrained(preset.repo_id, preset.revision, local=False)
         elif path.suffix.lower() in PICKLE_SUFFIXES:
             raise DepthModelLoadError(
-                f"refusing to load '{path}': pickle-based checkpoints can run code; pass a folder with "
+                f"refusing to load '{path}': {PICKLE_REFUSAL}; pass a folder with "
                 ".safetensors weights"
             )
         elif path.is_dir():

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.atomic_files import write_bytes
+from storyreel.atomic_files import write_bytes
 
 FORMAT_VERSION = 1
 DEFAULT_LOW_PCT = 2.0

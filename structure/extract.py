@@ -136,7 +136,7 @@ def _images(source) -> list[np.ndarray]:
     return images
 
 
-def _check_within_clip(video: VideoRange) -> None:
+def check_within_clip(video: VideoRange) -> None:
     """Raise :class:`InvalidArgumentError` (``start``/``end``) for a range outside the clip."""
     info = probe_video(video.path)  # raises VideoDecodeError naming the file if it cannot be opened
     slack = max(1e-3, 1.0 / info.fps)  # a range may end on the last frame's end
@@ -157,7 +157,7 @@ def read_source_frames(source, frames: int | None = None, size: tuple[int, int] 
     resolved = resolve_source(source)
     if isinstance(resolved, VideoRange):
         count = check_frames(DEFAULT_FRAMES if frames is None else frames)
-        _check_within_clip(resolved)
+        check_within_clip(resolved)
         return _read_video_frames(resolved, count, size)
     _check_image_count(resolved, frames)
     return np.stack([frame_image(image, size) for image in resolved])
@@ -259,7 +259,7 @@ def extract_raw_depth(source, frames: int | None = None, size: tuple[int, int] =
         if raw is not None:
             return RawDepth(raw, description, cached=True)
     if isinstance(resolved, VideoRange):
-        _check_within_clip(resolved)
+        check_within_clip(resolved)
         framed = _read_video_frames(resolved, count, size)
     else:
         framed = np.stack([frame_image(image, size) for image in resolved])

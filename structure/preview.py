@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from retrieval.atomic_files import atomic_path
+from storyreel.atomic_files import atomic_path
 from structure.depth_sequence import DepthSequence
 
 # matplotlib's inferno at 0, 1/8, ..., 1.

@@ -6,6 +6,8 @@ raises :class:`InvalidArgumentError` (a ``ValueError``) whose ``argument`` says 
 
 from __future__ import annotations
 
+from storyreel.errors import StoryreelError
+
 import re
 
 # The render works in SD1.5 latents, 8 pixels per latent cell.
@@ -13,7 +15,7 @@ SIZE_MULTIPLE = 8
 _SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 
-class InvalidArgumentError(ValueError):
+class InvalidArgumentError(StoryreelError, ValueError):
     """A bad argument; ``argument`` is its name (``size``, ``frames``, ``start``, ``end``, ``source`` ...)."""
 
     def __init__(self, argument: str, detail: str):

@@ -80,3 +80,31 @@ def tiny_index(tmp_path_factory, real_clips, synthetic_library) -> Path:
 def reference_images(shared_data) -> Path:
     """Real photographs for character training (chelsea.png, astronaut.png; see its README)."""
     return _require(shared_data / "reference_images")
+
+
+# -- the tiny models -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def components():
+    """The tiny render model (real architectures, seeded random weights), built once per test module: modules
+    add adapters and tokens to it, so each gets its own."""
+    from storyreel.models.loading import load_render_components
+
+    return load_render_components("tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(components):
+    """diffusers' ``AnimateDiffControlNetPipeline`` on the same tiny components (the reference of the sampler)."""
+    from diffusers import AnimateDiffControlNetPipeline
+
+    pipe = AnimateDiffControlNetPipeline(**components.pipeline_kwargs())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_depth_model():
+    """The tiny DPT depth model (seeded random weights)."""
+    from structure.depth_models import load_depth_model
+
+    return load_depth_model("tiny", device="cpu", progress=False)

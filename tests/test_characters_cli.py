@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from characters import load_character
-from render.train_character_cli import main
+from characters.cli import main
 
 TINY = ["--models", "tiny", "--resolution", "64", "--frames", "2", "--rank", "2", "--device", "cpu", "--quiet"]
 

@@ -18,15 +18,8 @@ from characters.training import TrainingSettings, train_character
 
 
 @pytest.fixture(scope="module")
-def components():
-    from render.model_loading import load_render_components
-
-    return load_render_components("tiny", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def base_model(components):
-    from render.model_loading import base_model_record
+    from storyreel.models.loading import base_model_record
 
     return base_model_record(components)
 
@@ -85,7 +78,7 @@ def test_saved_file_reloads_to_identical_tensors_and_metadata(trained):
 def test_diffusers_load_lora_weights_equals_our_loader_and_scale_zero_is_the_base(trained, components):
     from diffusers import AnimateDiffControlNetPipeline
 
-    from render.model_loading import load_render_components
+    from storyreel.models.loading import load_render_components
 
     _, path = trained
     base = unet_output(components.unet)
@@ -114,7 +107,7 @@ def test_diffusers_load_lora_weights_equals_our_loader_and_scale_zero_is_the_bas
 def test_exported_textual_inversion_loads_in_diffusers(trained, tmp_path):
     from diffusers import AnimateDiffControlNetPipeline
 
-    from render.model_loading import load_render_components
+    from storyreel.models.loading import load_render_components
 
     character, _ = trained
     ti = export_textual_inversion(character, tmp_path / "hare-ti.safetensors")
@@ -164,8 +157,8 @@ def test_pickles_and_other_content_are_refused_naming_the_file(trained, tmp_path
 
 
 def test_a_file_for_another_base_model_is_refused_naming_file_and_models(components, base_model, tmp_path):
-    from render.model_loading import load_render_components
-    from render.model_loading import base_model_record
+    from storyreel.models.loading import load_render_components
+    from storyreel.models.loading import base_model_record
 
     sd15 = load_render_components("sd15-random", device="meta")  # shapes only: the real SD1.5 architecture
     module = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"

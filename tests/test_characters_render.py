@@ -13,13 +13,6 @@ FRAMES = 4
 SIZE = 64
 
 
-@pytest.fixture(scope="module")
-def components():
-    from render.model_loading import load_render_components
-
-    return load_render_components("tiny", device="cpu")
-
-
 def random_character(components, name: str, token: str, seed: int, buckets: int = 1000, lora_scale: float = 0.05):
     """A character with distinct random table rows and a random LoRA on the UNet's spatial attention."""
     from characters.lora_targets import target_shapes

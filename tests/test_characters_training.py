@@ -20,20 +20,6 @@ FRAMES = 4
 
 
 @pytest.fixture(scope="module")
-def components():
-    from render.model_loading import load_render_components
-
-    return load_render_components("tiny", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def depth_model():
-    from structure.depth_models import load_depth_model
-
-    return load_depth_model("tiny", device="cpu", progress=False)
-
-
-@pytest.fixture(scope="module")
 def photos(reference_images, tmp_path_factory):
     """The two real photographs plus a mirrored copy of one (3 images, the method's minimum)."""
     folder = tmp_path_factory.mktemp("photos")
@@ -55,12 +41,12 @@ def motion_weights(unet) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in unet.named_parameters() if "motion_modules" in n}
 
 
-def test_thirty_steps_lower_the_held_out_loss_and_leave_the_base_untouched(components, depth_model, photos):
+def test_thirty_steps_lower_the_held_out_loss_and_leave_the_base_untouched(components, tiny_depth_model, photos):
     base = {n: p.detach().clone() for n, p in components.unet.state_dict().items()}
     controlnet = {n: p.detach().clone() for n, p in components.controlnet.state_dict().items()}
     text = components.text_encoder.get_input_embeddings().weight.detach().clone()
     vocabulary = len(components.tokenizer)
-    with CharacterTrainer(components, depth_model, photos, settings()) as trainer:
+    with CharacterTrainer(components, tiny_depth_model, photos, settings()) as trainer:
         initial_row = trainer.table.detach()[0].clone()
         touched: set[int] = set()
         trainer.character_set.observers.append(lambda token_id, rows: touched.update(rows.tolist()))
@@ -102,9 +88,9 @@ def test_thirty_steps_lower_the_held_out_loss_and_leave_the_base_untouched(compo
     assert character.training["steps_done"] == 30 and len(character.training["images"]) == 3
 
 
-def test_motion_modules_are_bit_identical_while_training(components, depth_model, photos):
+def test_motion_modules_are_bit_identical_while_training(components, tiny_depth_model, photos):
     before = motion_weights(components.unet)
-    with CharacterTrainer(components, depth_model, photos, settings(steps=3)) as trainer:
+    with CharacterTrainer(components, tiny_depth_model, photos, settings(steps=3)) as trainer:
         for _ in range(3):
             trainer.train_step()
         during = {n.replace(".base_layer", ""): p for n, p in motion_weights(components.unet).items()}
@@ -113,16 +99,16 @@ def test_motion_modules_are_bit_identical_while_training(components, depth_model
     assert all(torch.equal(during[n], before[n]) for n in before)
 
 
-def test_resume_from_a_checkpoint_gives_the_uninterrupted_weights(components, depth_model, photos, tmp_path):
+def test_resume_from_a_checkpoint_gives_the_uninterrupted_weights(components, tiny_depth_model, photos, tmp_path):
     run = settings(steps=6, seed=11)
-    with CharacterTrainer(components, depth_model, photos, run) as trainer:
+    with CharacterTrainer(components, tiny_depth_model, photos, run) as trainer:
         trainer.run(progress=False)
         straight = trainer.character()
-    with CharacterTrainer(components, depth_model, photos, run) as trainer:
+    with CharacterTrainer(components, tiny_depth_model, photos, run) as trainer:
         for _ in range(3):
             trainer.train_step()
         trainer.save_checkpoint(tmp_path)
-    with CharacterTrainer(components, depth_model, photos, run) as trainer:
+    with CharacterTrainer(components, tiny_depth_model, photos, run) as trainer:
         assert trainer.load_checkpoint(tmp_path) and trainer.step == 3
         trainer.run(checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
         resumed = trainer.character()
@@ -132,18 +118,18 @@ def test_resume_from_a_checkpoint_gives_the_uninterrupted_weights(components, de
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*.safetensors")) == ["checkpoint-0000006.safetensors"]
 
     # The same seed gives the same character; another seed another one.
-    with CharacterTrainer(components, depth_model, photos, settings(steps=6, seed=12)) as trainer:
+    with CharacterTrainer(components, tiny_depth_model, photos, settings(steps=6, seed=12)) as trainer:
         trainer.run(progress=False)
         assert not torch.equal(trainer.table.detach().cpu(), straight.table)
 
     # A checkpoint of other settings is refused, naming the file and the difference.
-    with CharacterTrainer(components, depth_model, photos, settings(steps=6, seed=11, rank=2)) as trainer:
+    with CharacterTrainer(components, tiny_depth_model, photos, settings(steps=6, seed=11, rank=2)) as trainer:
         with pytest.raises(CheckpointError, match=r"checkpoint\.json.*rank"):
             trainer.load_checkpoint(tmp_path)
 
 
-def test_step_batches_depend_on_seed_and_step_only(components, depth_model, photos):
-    with CharacterTrainer(components, depth_model, photos, settings(batch_size=2)) as trainer:
+def test_step_batches_depend_on_seed_and_step_only(components, tiny_depth_model, photos):
+    with CharacterTrainer(components, tiny_depth_model, photos, settings(batch_size=2)) as trainer:
         a, b = trainer.sample_batch(5), trainer.sample_batch(5)
         assert torch.equal(a.latents, b.latents) and torch.equal(a.noise, b.noise)
         assert torch.equal(a.timesteps, b.timesteps) and a.prompts == b.prompts
@@ -159,8 +145,8 @@ def test_step_batches_depend_on_seed_and_step_only(components, depth_model, phot
     assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
 
 
-def test_buckets_share_rows_over_timestep_ranges(components, depth_model, photos):
-    with CharacterTrainer(components, depth_model, photos, settings(steps=2, buckets=4)) as trainer:
+def test_buckets_share_rows_over_timestep_ranges(components, tiny_depth_model, photos):
+    with CharacterTrainer(components, tiny_depth_model, photos, settings(steps=2, buckets=4)) as trainer:
         table = trainer.entry.table
         assert table.weight.shape == (4, components.text_encoder.config.hidden_size)
         assert table.row_index(torch.tensor([0, 249, 250, 999])).tolist() == [0, 0, 1, 3]
@@ -168,11 +154,11 @@ def test_buckets_share_rows_over_timestep_ranges(components, depth_model, photos
         trainer.train_step()
 
 
-def test_one_image_warns_and_still_trains(components, depth_model, reference_images, tmp_path):
+def test_one_image_warns_and_still_trains(components, tiny_depth_model, reference_images, tmp_path):
     shutil.copy(reference_images / "chelsea.png", tmp_path / "chelsea.png")
     with pytest.warns(ReferenceImageCountWarning, match=r"only 1 reference image"):
         images = load_reference_images(tmp_path, RESOLUTION)
-    with CharacterTrainer(components, depth_model, images, settings(steps=2)) as trainer:
+    with CharacterTrainer(components, tiny_depth_model, images, settings(steps=2)) as trainer:
         trainer.run(progress=False)
         assert trainer.step == 2 and np.isfinite(trainer.last_loss)
 
@@ -228,10 +214,10 @@ def test_bad_reference_folders_name_the_file(tmp_path, reference_images):
             load_reference_images(small, 512)
 
 
-def test_gradient_checkpointing_gives_the_same_step(components, depth_model, photos):
+def test_gradient_checkpointing_gives_the_same_step(components, tiny_depth_model, photos):
     results = []
     for checkpointing in (False, True):
-        with CharacterTrainer(components, depth_model, photos,
+        with CharacterTrainer(components, tiny_depth_model, photos,
                               settings(steps=1, gradient_checkpointing=checkpointing)) as trainer:
             assert components.unet.is_gradient_checkpointing is checkpointing
             loss = trainer.train_step()
@@ -244,13 +230,13 @@ def test_gradient_checkpointing_gives_the_same_step(components, depth_model, pho
         torch.testing.assert_close(lora_a[key], lora_b[key], rtol=0, atol=1e-6)
 
 
-def test_regularisation_clips_from_the_index_train_the_lora_only(components, depth_model, photos, tiny_index):
+def test_regularisation_clips_from_the_index_train_the_lora_only(components, tiny_depth_model, photos, tiny_index):
     from characters.regularisation import RegularisationSet, retrieve_clips
 
     clips = retrieve_clips(tiny_index, "person", 3)
     assert len(clips) == 3 and all(clip.end > clip.start for clip in clips)
-    regularisation = RegularisationSet(clips, "person", FRAMES, RESOLUTION, depth_model)
-    with CharacterTrainer(components, depth_model, photos, settings(steps=2, reg_ratio=1.0),
+    regularisation = RegularisationSet(clips, "person", FRAMES, RESOLUTION, tiny_depth_model)
+    with CharacterTrainer(components, tiny_depth_model, photos, settings(steps=2, reg_ratio=1.0),
                           regularisation=regularisation) as trainer:
         batch = trainer.sample_batch(0)
         assert batch.prompts == ["a person"] and batch.sources[0]["kind"] == "regularisation"

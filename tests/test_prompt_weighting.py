@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from render.model_loading import load_render_components
 from render.prompt_weighting import WeightedPromptEncoder
 from render.sampler import StructureGuidedSampler
-
-
-@pytest.fixture(scope="module")
-def components():
-    return load_render_components("tiny", device="cpu")
 
 
 @pytest.fixture(scope="module")

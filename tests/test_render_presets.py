@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-from render import model_presets as presets
-from render.clip_tokenizer import build_clip_tokenizer
-from render.model_loading import (
+from storyreel.models import architectures, presets, schedulers
+from storyreel.models.clip_tokenizer import build_clip_tokenizer
+from storyreel.models.loading import (
     ModelConfigError,
     RenderModelLoadError,
     load_render_components,
@@ -46,20 +46,6 @@ def _json(value):
     return json.loads(json.dumps(value))
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load_render_components("tiny", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline(tiny):
-    from diffusers import AnimateDiffControlNetPipeline
-
-    pipe = AnimateDiffControlNetPipeline(**tiny.pipeline_kwargs())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _render(pipe, condition: torch.Tensor, scale: float = 1.0, output_type: str = "pt") -> torch.Tensor:
     return pipe(KNIGHT, num_frames=len(condition), height=32, width=32, num_inference_steps=2, guidance_scale=7.5,
                 conditioning_frames=list(condition), controlnet_conditioning_scale=scale,
@@ -67,38 +53,38 @@ def _render(pipe, condition: torch.Tensor, scale: float = 1.0, output_type: str 
 
 
 # -- tiny ------------------------------------------------------------------------------------------------
-def test_tiny_is_deterministic_and_leaves_the_global_rng_alone(tiny):
+def test_tiny_is_deterministic_and_leaves_the_global_rng_alone(components):
     state = torch.random.get_rng_state()
     again = load_render_components("tiny", device="cpu")
     assert torch.equal(state, torch.random.get_rng_state())
-    for name, model in tiny.models().items():
+    for name, model in components.models().items():
         assert _full_hash(model) == _full_hash(getattr(again, name)), name
-    assert tiny.weights_fingerprint() == again.weights_fingerprint()
-    assert tiny.record() == again.record()
+    assert components.weights_fingerprint() == again.weights_fingerprint()
+    assert components.record() == again.record()
     # one seed per component: a part built alone equals the same part of the whole preset
-    alone = presets.build_tiny_components(only={"controlnet", "vae"})
+    alone = architectures.build_tiny_components(only={"controlnet", "vae"})
     assert alone["unet"] is None and alone["tokenizer"] is None
-    assert _full_hash(alone["controlnet"]) == _full_hash(tiny.controlnet)
-    assert _full_hash(alone["vae"]) == _full_hash(tiny.vae)
+    assert _full_hash(alone["controlnet"]) == _full_hash(components.controlnet)
+    assert _full_hash(alone["vae"]) == _full_hash(components.vae)
     # a different preset seed gives different weights (the hash would notice a change)
-    other = presets._build_preset(presets.TINY_CONFIGS, presets.TINY_SEED + 1, None, {"controlnet"}, True, True)
-    assert _full_hash(other["controlnet"]) != _full_hash(tiny.controlnet)
+    other = architectures._build_preset(architectures.TINY_CONFIGS, architectures.TINY_SEED + 1, None, {"controlnet"}, True, True)
+    assert _full_hash(other["controlnet"]) != _full_hash(components.controlnet)
 
 
-def test_tiny_has_the_real_architectures(tiny):
+def test_tiny_has_the_real_architectures(components):
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNetMotionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    assert isinstance(tiny.unet, UNetMotionModel) and isinstance(tiny.controlnet, ControlNetModel)
-    assert isinstance(tiny.vae, AutoencoderKL) and isinstance(tiny.text_encoder, CLIPTextModel)
-    assert isinstance(tiny.tokenizer, CLIPTokenizer) and isinstance(tiny.scheduler, DDIMScheduler)
-    assert tiny.unet.config.cross_attention_dim == tiny.text_encoder.config.hidden_size
-    assert tiny.controlnet.config.cross_attention_dim == tiny.text_encoder.config.hidden_size
-    assert tiny.text_encoder.config.vocab_size == len(tiny.tokenizer) == 49408
-    assert tiny.vae_scale_factor == 8  # SD1.5's latent grid
-    assert tiny.unet.down_blocks[0].motion_modules is not None and not tiny.unet.config.use_motion_mid_block
-    assert all(not p.requires_grad for p in tiny.unet.parameters())
-    assert tiny.dtype == torch.float32 and tiny.device.type == "cpu"
+    assert isinstance(components.unet, UNetMotionModel) and isinstance(components.controlnet, ControlNetModel)
+    assert isinstance(components.vae, AutoencoderKL) and isinstance(components.text_encoder, CLIPTextModel)
+    assert isinstance(components.tokenizer, CLIPTokenizer) and isinstance(components.scheduler, DDIMScheduler)
+    assert components.unet.config.cross_attention_dim == components.text_encoder.config.hidden_size
+    assert components.controlnet.config.cross_attention_dim == components.text_encoder.config.hidden_size
+    assert components.text_encoder.config.vocab_size == len(components.tokenizer) == 49408
+    assert components.vae_scale_factor == 8  # SD1.5's latent grid
+    assert components.unet.down_blocks[0].motion_modules is not None and not components.unet.config.use_motion_mid_block
+    assert all(not p.requires_grad for p in components.unet.parameters())
+    assert components.dtype == torch.float32 and components.device.type == "cpu"
 
 
 def test_tiny_tokenizer_is_the_real_clip_bpe():
@@ -115,7 +101,7 @@ def test_tiny_tokenizer_is_the_real_clip_bpe():
 def test_tokenizer_equals_the_real_sd15_tokenizer_files(shared_data):
     from transformers import CLIPTokenizer
 
-    from render.clip_tokenizer import clip_vocab_and_merges
+    from storyreel.models.clip_tokenizer import clip_vocab_and_merges
 
     folder = shared_data / "model_configs" / SD15_DIR / "tokenizer"
     merges, tokens = clip_vocab_and_merges()
@@ -130,9 +116,9 @@ def test_tokenizer_equals_the_real_sd15_tokenizer_files(shared_data):
             real(text, padding="max_length", max_length=77, truncation=True).input_ids, text
 
 
-def test_tiny_controlnet_is_perturbed_and_depth_changes_the_render(tiny, tiny_pipeline):
-    embedding = tiny.controlnet.controlnet_cond_embedding
-    for conv in (embedding.conv_out, *tiny.controlnet.controlnet_down_blocks, tiny.controlnet.controlnet_mid_block):
+def test_tiny_controlnet_is_perturbed_and_depth_changes_the_render(components, tiny_pipeline):
+    embedding = components.controlnet.controlnet_cond_embedding
+    for conv in (embedding.conv_out, *components.controlnet.controlnet_down_blocks, components.controlnet.controlnet_mid_block):
         assert conv.weight.abs().sum() > 0  # zero-initialised in a fresh ControlNet
     near = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     far = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -150,8 +136,8 @@ def test_tiny_controlnet_is_perturbed_and_depth_changes_the_render(tiny, tiny_pi
     assert (latents - _render(tiny_pipeline, near, scale=0.0, output_type="latent")).abs().mean() > 0.05
 
 
-def test_tiny_scheduler_and_record(tiny):
-    record = tiny.record()
+def test_tiny_scheduler_and_record(components):
+    record = components.record()
     assert record["preset"] == "tiny" and record["dtype"] == "float32"
     assert set(record["components"]) == {"tokenizer", "text_encoder", "vae", "unet", "motion_adapter", "controlnet"}
     assert all(entry["kind"] == "tiny" and len(entry["config"]) == 16 for entry in record["components"].values())
@@ -201,26 +187,26 @@ def test_sd15_random_configs_match_the_real_files(shared_data):
     text_defaults = {key: getattr(CLIPTextConfig(), key) for key in load(f"{SD15_DIR}/text_encoder/config.json")
                      if hasattr(CLIPTextConfig(), key)}
     checks = {
-        "unet": _compare(load(f"{SD15_DIR}/unet/config.json"), presets.SD15_UNET_CONFIG,
+        "unet": _compare(load(f"{SD15_DIR}/unet/config.json"), architectures.SD15_UNET_CONFIG,
                          _class_defaults(UNet2DConditionModel)),
-        "vae": _compare(load(f"{SD15_DIR}/vae/config.json"), presets.SD15_VAE_CONFIG, _class_defaults(AutoencoderKL)),
-        "text_encoder": _compare(load(f"{SD15_DIR}/text_encoder/config.json"), presets.SD15_TEXT_ENCODER_CONFIG,
+        "vae": _compare(load(f"{SD15_DIR}/vae/config.json"), architectures.SD15_VAE_CONFIG, _class_defaults(AutoencoderKL)),
+        "text_encoder": _compare(load(f"{SD15_DIR}/text_encoder/config.json"), architectures.SD15_TEXT_ENCODER_CONFIG,
                                  text_defaults),
         # v1-5-3 is v1-5-2 without the motion mid block
         "motion_adapter": _compare(load("animatediff-motion-adapter-v1-5-2/config.json"),
-                                   presets.MOTION_ADAPTER_CONFIG, _class_defaults(MotionAdapter),
+                                   architectures.MOTION_ADAPTER_CONFIG, _class_defaults(MotionAdapter),
                                    ignored=MOTION_ADAPTER_FIXED, expect={"use_motion_mid_block": False}),
         # Depth Anything's depth ControlNet: the SD1.5 ControlNet architecture the v1.1 depth model shares
-        "controlnet": _compare(load("depth-anything-controlnet-sd15/config.json"), presets.SD15_CONTROLNET_CONFIG,
+        "controlnet": _compare(load("depth-anything-controlnet-sd15/config.json"), architectures.SD15_CONTROLNET_CONFIG,
                                _class_defaults(ControlNetModel)),
     }
     assert {name: problems for name, problems in checks.items() if problems} == {}
     # SD1.5's VAE scaling factor is diffusers' default (the 0.6.0 file predates the key)
-    assert presets.SD15_VAE_CONFIG["scaling_factor"] == _class_defaults(AutoencoderKL)["scaling_factor"]
+    assert architectures.SD15_VAE_CONFIG["scaling_factor"] == _class_defaults(AutoencoderKL)["scaling_factor"]
 
 
 def test_sd15_random_has_the_real_parameter_counts():
-    built = presets.build_random_components(torch.device("meta"), merge=False)
+    built = architectures.build_random_components(torch.device("meta"), merge=False)
     assert built["tokenizer"](KNIGHT).input_ids == KNIGHT_IDS
     for name, model in built.items():
         if name != "tokenizer":
@@ -230,11 +216,11 @@ def test_sd15_random_has_the_real_parameter_counts():
               "text_encoder": _params(built["text_encoder"])}
     with torch.device("meta"):
         counts["motion_adapter_v152"] = _params(
-            presets.build_motion_adapter({**presets.MOTION_ADAPTER_CONFIG, "use_motion_mid_block": True}))
+            architectures.build_motion_adapter({**architectures.MOTION_ADAPTER_CONFIG, "use_motion_mid_block": True}))
     for name, real in REAL_SIZES.items():
         assert abs(counts[name] - real) <= 1e-3 * real, f"{name}: {counts[name] / 1e6:.1f}M, real {real / 1e6:.1f}M"
     # every preset value reached the model (no key silently ignored)
-    for name, config in presets.SD15_RANDOM_CONFIGS.items():
+    for name, config in architectures.SD15_RANDOM_CONFIGS.items():
         model = built["unet" if name == "unet" else name]
         for key, value in config.items():
             got = getattr(model.config, key) if name == "text_encoder" else model.config[key]
@@ -251,26 +237,26 @@ def test_scheduler_presets(shared_data):
     real = json.loads((shared_data / "model_configs" / SD15_DIR / "scheduler" / "scheduler_config.json")
                       .read_text(encoding="utf-8"))
     pndm_only = {"skip_prk_steps"}
-    assert presets.SD15_SCHEDULER_CONFIG == {k: v for k, v in real.items() if k not in METADATA | pndm_only}
-    differences = {k for k in presets.SD15_SCHEDULER_CONFIG
-                   if presets.SD15_SCHEDULER_CONFIG[k] != presets.RENDER_SCHEDULER_CONFIG[k]}
-    assert differences == {"beta_schedule"} and presets.RENDER_SCHEDULER_CONFIG["beta_schedule"] == "linear"
+    assert schedulers.SD15_SCHEDULER_CONFIG == {k: v for k, v in real.items() if k not in METADATA | pndm_only}
+    differences = {k for k in schedulers.SD15_SCHEDULER_CONFIG
+                   if schedulers.SD15_SCHEDULER_CONFIG[k] != schedulers.RENDER_SCHEDULER_CONFIG[k]}
+    assert differences == {"beta_schedule"} and schedulers.RENDER_SCHEDULER_CONFIG["beta_schedule"] == "linear"
 
-    ddim = presets.make_scheduler("ddim")
+    ddim = schedulers.make_scheduler("ddim")
     assert isinstance(ddim, DDIMScheduler)
     config = ddim.config
     assert (config.beta_schedule, config.clip_sample, config.set_alpha_to_one) == ("linear", False, False)
     ddim.set_timesteps(50)
     assert ddim.timesteps[0] == 981 and ddim.timesteps[-1] == 1
-    sd15 = presets.make_scheduler("ddim", presets.SD15_SCHEDULER_CONFIG)
+    sd15 = schedulers.make_scheduler("ddim", schedulers.SD15_SCHEDULER_CONFIG)
     assert sd15.config.beta_schedule == "scaled_linear" and not torch.equal(sd15.betas, ddim.betas)
-    euler = presets.make_scheduler("euler")
+    euler = schedulers.make_scheduler("euler")
     assert isinstance(euler, EulerDiscreteScheduler) and euler.config.beta_schedule == "linear"
-    dpm = presets.make_scheduler("dpmpp_2m", steps_offset=0)
+    dpm = schedulers.make_scheduler("dpmpp_2m", steps_offset=0)
     assert isinstance(dpm, DPMSolverMultistepScheduler)
     assert (dpm.config.algorithm_type, dpm.config.solver_order, dpm.config.steps_offset) == ("dpmsolver++", 2, 0)
     with pytest.raises(ValueError, match="ddim, euler, dpmpp_2m"):
-        presets.make_scheduler("plms")
+        schedulers.make_scheduler("plms")
     assert isinstance(load_render_components("tiny", device="meta", scheduler="dpmpp_2m").scheduler,
                       DPMSolverMultistepScheduler)
 
@@ -303,7 +289,7 @@ def test_sd15_offline_fails_fast_naming_the_id(monkeypatch):
 def tiny_folders(tmp_path_factory):
     """The tiny preset saved as downloaded models are laid out: an SD1.5 folder, an adapter, a ControlNet."""
     root = tmp_path_factory.mktemp("tiny_models")
-    parts = presets.build_tiny_components(merge=False)
+    parts = architectures.build_tiny_components(merge=False)
     for name in ("tokenizer", "text_encoder", "vae", "unet"):
         parts[name].save_pretrained(root / "sd15" / name)
     parts["motion_adapter"].save_pretrained(root / "motion-adapter")
@@ -311,7 +297,7 @@ def tiny_folders(tmp_path_factory):
     return root
 
 
-def test_local_folders_load_offline_and_give_the_same_model(tiny, tiny_folders, tmp_path, monkeypatch):
+def test_local_folders_load_offline_and_give_the_same_model(components, tiny_folders, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = tmp_path / "models.toml"
     relative = os.path.relpath(tiny_folders / "controlnet", tmp_path)  # relative to the TOML file
@@ -319,17 +305,17 @@ def test_local_folders_load_offline_and_give_the_same_model(tiny, tiny_folders, 
                       f'motion_adapter = "{tiny_folders / "motion-adapter"}"\ncontrolnet = "{relative}"\n')
     monkeypatch.chdir(tiny_folders)  # relative paths resolve against the file, not the working directory
     loaded = load_render_components("sd15", config_file=config, device="cpu")
-    assert loaded.weights_fingerprint() == tiny.weights_fingerprint()
+    assert loaded.weights_fingerprint() == components.weights_fingerprint()
     assert loaded.tokenizer(KNIGHT).input_ids == KNIGHT_IDS
     record = loaded.record()["components"]
     assert record["vae"]["kind"] == "local" and record["vae"]["source"] == str((tiny_folders / "sd15").resolve())
     assert record["controlnet"]["source"] == str((tiny_folders / "controlnet").resolve())
     assert {name: entry["config"] for name, entry in record.items()} == \
-        {name: entry["config"] for name, entry in tiny.record()["components"].items()}
+        {name: entry["config"] for name, entry in components.record()["components"].items()}
     # a per-component override may point at an SD1.5-layout folder: its own subfolder is used
     only_vae = load_render_components("tiny", overrides={"vae": tiny_folders / "sd15"}, device="cpu")
     assert only_vae.record()["components"]["vae"]["subfolder"] is None
-    assert only_vae.weights_fingerprint() == tiny.weights_fingerprint()
+    assert only_vae.weights_fingerprint() == components.weights_fingerprint()
 
 
 @pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument is deprecated")  # diffusers' hub call
@@ -357,8 +343,8 @@ def test_pickle_only_folders_and_files_are_refused(tmp_path):
 
 
 def test_incompatible_components_are_refused(tmp_path):
-    wider = dict(presets.TINY_CONTROLNET_CONFIG, block_out_channels=(16, 32))
-    presets.build_controlnet(wider).save_pretrained(tmp_path / "wide-controlnet")
+    wider = dict(architectures.TINY_CONTROLNET_CONFIG, block_out_channels=(16, 32))
+    architectures.build_controlnet(wider).save_pretrained(tmp_path / "wide-controlnet")
     with pytest.raises(RenderModelLoadError, match=r"controlnet's blocks \[16, 32\] do not match the unet's \[8, 16\]"):
         load_render_components("tiny", overrides={"controlnet": str(tmp_path / "wide-controlnet")}, device="cpu")
 

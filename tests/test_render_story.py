@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from render.cli import main
-from render.video_files import join_shots
+from storyreel.video_files import join_shots
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "data" / "examples" / "fable.json"
@@ -243,7 +243,7 @@ def test_clip_range_past_the_end_is_an_input_error(tmp_path, synthetic_library):
 
 
 def shot_frames(out: Path) -> dict[str, np.ndarray]:
-    from render.video_files import read_video
+    from storyreel.video_files import read_video
 
     return {p.stem: read_video(p)[0] for p in sorted((out / "shots").glob("*.mp4"))}
 
@@ -305,9 +305,9 @@ def test_the_same_frames_always_encode_to_the_same_file(tmp_path):
     encodes with one thread, so the file is always the same."""
     import torch
 
-    from render.model_loading import load_render_components
+    from storyreel.models.loading import load_render_components
     from render.sampler import StructureGuidedSampler
-    from render.video_files import write_mp4
+    from storyreel.video_files import write_mp4
 
     components = load_render_components("tiny", device="cpu")
     y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")

@@ -18,7 +18,7 @@ def two_shots(data):
 def character_files(tmp_path_factory):
     """Two characters trained for a few steps at high learning rates (far from the base model)."""
     from characters.training import TrainingSettings, train_character
-    from render.model_loading import base_model_record, load_render_components
+    from storyreel.models.loading import base_model_record, load_render_components
     from structure.depth_models import load_depth_model
 
     folder = tmp_path_factory.mktemp("characters")

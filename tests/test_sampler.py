@@ -9,7 +9,7 @@ import torch
 
 from render.context_windows import context_windows, window_weights
 from render.control_schedule import step_scales
-from render.model_loading import load_render_components
+from storyreel.models.loading import load_render_components
 from render.sampler import StructureGuidedSampler, sample_video
 from structure.conditioning import controlnet_condition
 
@@ -38,22 +38,9 @@ def one_thread():
     threads made the first test take 30 s instead of 1 s; restored after this module."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    torch.manual_seed(0)  # the global RNG state the tests start from
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def components(one_thread):
-    torch.manual_seed(0)
-    return load_render_components("tiny", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def pipeline(components):
-    from diffusers import AnimateDiffControlNetPipeline
-    pipe = AnimateDiffControlNetPipeline(**components.pipeline_kwargs())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -81,31 +68,31 @@ def _sample(components, cond, **kwargs):
     return StructureGuidedSampler(components)(PROMPT, NEGATIVE, **args)
 
 
-def _pipe(pipeline, cond, output_type="pt", **kwargs):
-    return pipeline(PROMPT, negative_prompt=NEGATIVE, conditioning_frames=list(cond), num_frames=cond.shape[0],
+def _pipe(tiny_pipeline, cond, output_type="pt", **kwargs):
+    return tiny_pipeline(PROMPT, negative_prompt=NEGATIVE, conditioning_frames=list(cond), num_frames=cond.shape[0],
                     height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=7.5,
                     generator=torch.Generator().manual_seed(3), output_type=output_type, **kwargs).frames
 
 
 # -- 1. equivalence with diffusers -----------------------------------------------------------------------
-def test_tau_one_reproduces_the_diffusers_pipeline(components, pipeline, cond):
-    reference = _pipe(pipeline, cond)[0].permute(0, 2, 3, 1)  # F x H x W x 3
+def test_tau_one_reproduces_the_diffusers_pipeline(components, tiny_pipeline, cond):
+    reference = _pipe(tiny_pipeline, cond)[0].permute(0, 2, 3, 1)  # F x H x W x 3
     with CallCounter(components.controlnet) as counter:
         ours = _sample(components, cond, generator=torch.Generator().manual_seed(3), seed=None)
     assert ours.frames.shape == (FRAMES, SIZE, SIZE, 3)
     assert (ours.frames - reference).abs().max().item() < 1e-4
     assert len(counter.calls) == STEPS == ours.controlnet_calls
     assert counter.calls == [2 * FRAMES] * STEPS  # [uncond, cond] x frames in one batch
-    latents = _pipe(pipeline, cond, output_type="latent")
+    latents = _pipe(tiny_pipeline, cond, output_type="latent")
     assert (_sample(components, cond, output_type="latent").latents - latents).abs().max().item() < 1e-4
     assert ours.timesteps == [int(t) for t in components.scheduler.timesteps]
 
 
-def test_eta_and_no_guidance_match_the_pipeline(components, pipeline, cond):
-    reference = _pipe(pipeline, cond, output_type="latent", eta=1.0)
+def test_eta_and_no_guidance_match_the_pipeline(components, tiny_pipeline, cond):
+    reference = _pipe(tiny_pipeline, cond, output_type="latent", eta=1.0)
     ours = _sample(components, cond, eta=1.0, output_type="latent").latents
     assert (ours - reference).abs().max().item() < 1e-4
-    plain = pipeline(PROMPT, conditioning_frames=list(cond), num_frames=FRAMES, height=SIZE, width=SIZE,
+    plain = tiny_pipeline(PROMPT, conditioning_frames=list(cond), num_frames=FRAMES, height=SIZE, width=SIZE,
                      num_inference_steps=STEPS, guidance_scale=1.0, generator=torch.Generator().manual_seed(3),
                      output_type="latent").frames
     with CallCounter(components.controlnet) as counter:
@@ -124,9 +111,9 @@ def test_same_seed_same_video_other_seed_differs(components, cond):
 
 
 # -- 2. the structure window tau -------------------------------------------------------------------------
-def test_tau_half_reproduces_control_guidance_end_with_fewer_controlnet_calls(components, pipeline, cond):
+def test_tau_half_reproduces_control_guidance_end_with_fewer_controlnet_calls(components, tiny_pipeline, cond):
     with CallCounter(components.controlnet) as counter:
-        reference = _pipe(pipeline, cond, output_type="latent", control_guidance_end=0.5)
+        reference = _pipe(tiny_pipeline, cond, output_type="latent", control_guidance_end=0.5)
     assert len(counter.calls) == STEPS  # diffusers still calls it, with scale 0
     with CallCounter(components.controlnet) as counter:
         ours = _sample(components, cond, tau=0.5, output_type="latent")
@@ -281,7 +268,7 @@ def test_freeu_changes_the_output_and_is_switched_off_after(components, cond):
 def test_other_schedulers_match_the_pipeline(components, cond, name):
     from diffusers import AnimateDiffControlNetPipeline
 
-    from render.model_presets import make_scheduler
+    from storyreel.models.schedulers import make_scheduler
     pipe = AnimateDiffControlNetPipeline(**{**components.pipeline_kwargs(), "scheduler": make_scheduler(name)})
     pipe.set_progress_bar_config(disable=True)
     reference = _pipe(pipe, cond, output_type="latent", control_guidance_end=0.5)
@@ -310,7 +297,7 @@ def test_vae_slicing_and_windowed_frame_scales(components, cond):
 def test_cpu_offload_places_each_model_for_its_phase(components, cond):
     """Under CPU offload every model runs only while the sampler has put it on the execution device, the
     models go back to the offload device at the end, and the video is the same as without offload."""
-    from render.model_offload import ModelOffload
+    from storyreel.models.offload import ModelOffload
     from render.sampler import StructureGuidedSampler
 
     expected = StructureGuidedSampler(components)("a hare", conditioning=cond, steps=3, seed=3,

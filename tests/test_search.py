@@ -139,7 +139,8 @@ def test_search_clips_errors_exit_2(tiny_index, tmp_path, args, message):
 
 
 def test_model_specs_and_unsafe_checkpoints(tmp_path):
-    from retrieval.clip_models import ModelLoadError, ModelSpec, load_clip_model
+    from retrieval.clip_models import ModelSpec, load_clip_model
+    from storyreel.errors import ModelLoadError
 
     assert ModelSpec.parse("ViT-B-32:laion2b_s34b_b79k") == ModelSpec("ViT-B-32", "laion2b_s34b_b79k")
     assert ModelSpec.parse("hf-hub:org/repo") == ModelSpec("hf-hub:org/repo")

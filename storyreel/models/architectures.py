@@ -1,33 +1,20 @@
-"""The render's model presets: which components make up the depth-guided AnimateDiff + ControlNet model.
+"""The render model's architectures: configurations at real and toy size, and the code that builds them.
 
 A render model is an SD1.5 base (CLIP tokenizer and text encoder, VAE, UNet), an AnimateDiff motion
 adapter merged into the UNet (``UNet2DConditionModel`` + ``MotionAdapter`` → ``UNetMotionModel``), a
-depth ControlNet and a noise scheduler. Presets (what ``--models`` takes):
+depth ControlNet and a noise scheduler (:mod:`storyreel.models.schedulers`). Which preset uses what is
+the registry's business (:mod:`storyreel.models.presets`); this module builds the generated ones:
 
-* ``sd15`` (default): ``stable-diffusion-v1-5/stable-diffusion-v1-5`` (subfolders ``tokenizer``,
-  ``text_encoder``, ``vae``, ``unet``), ``guoyww/animatediff-motion-adapter-v1-5-3`` and
-  ``lllyasviel/control_v11f1p_sd15_depth``, from the Hugging Face hub or its cache (safetensors only).
 * ``tiny``: the same architectures at toy size with seeded random weights, built in code: every
   component runs the real diffusers / transformers code path on CPU in milliseconds. The tokenizer is
-  the real CLIP BPE tokenizer (:mod:`render.clip_tokenizer`). The tiny ControlNet's zero-initialised
+  the real CLIP BPE tokenizer (:mod:`storyreel.models.clip_tokenizer`). The tiny ControlNet's zero-initialised
   layers are perturbed (see :func:`perturb_controlnet`), so depth changes its output.
 * ``sd15-random``: every component at its real size (the configs below, checked against the real
   config files by the tests) with seeded random weights, its ControlNet perturbed like the tiny one's: for
   GPU benchmarks and shape checks without downloads. It can be built on the meta device to count
   parameters; on CUDA its weights are created on the GPU (on 2 CPU cores: ~18 s and ~13 GB peak).
 
-Any component can be replaced by a hub id or a local folder (:mod:`render.model_loading`).
-
-The scheduler is not part of the checkpoints: it is built in code for every preset (:func:`make_scheduler`)
-from SD1.5's scheduler values (``scaled_linear`` betas 0.00085-0.012, 1000 training steps,
-``steps_offset`` 1, ``clip_sample`` False, ``set_alpha_to_one`` False) with one change:
-``beta_schedule="linear"``. AnimateDiff's motion modules were trained and are sampled with linear betas
-over the same range (AnimateDiff's ``configs/inference/inference-v3.yaml`` and its training configs), and
-diffusers' AnimateDiff documentation recommends ``linear`` because the motion adapters are sensitive to
-the beta schedule. ``make_scheduler(name, SD15_SCHEDULER_CONFIG)`` gives SD1.5's own schedule instead.
-Timestep spacing is each scheduler's diffusers default: for DDIM, ``leading`` with ``steps_offset`` 1
-(981, 961, ..., 1 for 50 steps), the timesteps of the original AnimateDiff scripts and of
-Make-Your-Video's DDIM sampler.
+Any component can be replaced by a hub id or a local folder (:mod:`storyreel.models.loading`).
 """
 
 from __future__ import annotations
@@ -39,19 +26,11 @@ import logging
 
 import torch
 
-# -- the sd15 preset: hub ids ---------------------------------------------------------------------------
-SD15 = "sd15"
-TINY = "tiny"
-SD15_RANDOM = "sd15-random"
-PRESET_NAMES = (SD15, TINY, SD15_RANDOM)
-DEFAULT_PRESET = SD15
-
-SD15_BASE_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-MOTION_ADAPTER_ID = "guoyww/animatediff-motion-adapter-v1-5-3"
-CONTROLNET_ID = "lllyasviel/control_v11f1p_sd15_depth"
+from storyreel.seeding import seeded
 
 TINY_SEED = 0
 RANDOM_SEED = 0
+
 
 # -- real sizes, written out (diffusers / transformers config keys) ------------------------------------
 # stable-diffusion-v1-5 unet/config.json (the keys it sets; every other key takes diffusers' default).
@@ -218,35 +197,6 @@ CONDITIONING_GAIN = 1.5
 CONDITIONING_EMBEDDING_STD = 0.5  # about the spread of the UNet's first features
 ZERO_CONV_GAIN = 1.0
 
-# -- schedulers -----------------------------------------------------------------------------------------
-# stable-diffusion-v1-5 scheduler/scheduler_config.json without its PNDM-only key (skip_prk_steps).
-SD15_SCHEDULER_CONFIG = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "trained_betas": None,
-}
-# What the render samples with: SD1.5's values with AnimateDiff's linear betas (see the module docstring).
-RENDER_SCHEDULER_CONFIG = {**SD15_SCHEDULER_CONFIG, "beta_schedule": "linear"}
-SCHEDULER_NAMES = ("ddim", "euler", "dpmpp_2m")
-DEFAULT_SCHEDULER = "ddim"
-
-
-@contextlib.contextmanager
-def _seeded(seed: int, device: torch.device | None = None):
-    """Seed the RNG of the device that builds (CPU, or the CUDA device) without touching the caller's."""
-    devices = []
-    if device is not None and device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 @contextlib.contextmanager
 def _on_device(device: torch.device | None):
     """Create tensors directly on ``device`` ("meta" for shapes only, "cuda" to skip a CPU copy)."""
@@ -353,28 +303,6 @@ def perturb_controlnet(controlnet) -> None:
     weight.mul_(CONDITIONING_EMBEDDING_STD / embedding(probe).std().clamp_min(1e-12))
 
 
-def make_scheduler(name: str = DEFAULT_SCHEDULER, base_config: dict | None = None, **overrides):
-    """A diffusers scheduler: ``ddim`` | ``euler`` | ``dpmpp_2m`` (DPM-Solver++ 2M).
-
-    ``base_config`` defaults to :data:`RENDER_SCHEDULER_CONFIG` (SD1.5's values with AnimateDiff's linear
-    betas); pass :data:`SD15_SCHEDULER_CONFIG` for SD1.5's scaled-linear schedule, or any scheduler's
-    config. Keys a scheduler does not take (``clip_sample`` for DPM-Solver, say) are dropped; keyword
-    ``overrides`` win over both.
-    """
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-
-    classes = {"ddim": (DDIMScheduler, {}),
-               "euler": (EulerDiscreteScheduler, {}),
-               "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2})}
-    if name not in classes:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
-    cls, fixed = classes[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    base = dict(RENDER_SCHEDULER_CONFIG if base_config is None else base_config)
-    config = {key: value for key, value in {**base, **fixed, **overrides}.items() if key in accepted}
-    return cls(**config)
-
-
 COMPONENT_NAMES = ("tokenizer", "text_encoder", "vae", "unet", "motion_adapter", "controlnet")
 TINY_CONFIGS = {"text_encoder": TINY_TEXT_ENCODER_CONFIG, "vae": TINY_VAE_CONFIG, "controlnet": TINY_CONTROLNET_CONFIG,
                 "motion_adapter": TINY_MOTION_ADAPTER_CONFIG, "unet": TINY_UNET_CONFIG}
@@ -386,7 +314,7 @@ _BUILDERS = {"text_encoder": build_text_encoder, "vae": build_vae, "controlnet":
 
 
 def _build_preset(configs: dict, seed: int, device: torch.device | None, only, merge: bool, perturb: bool) -> dict:
-    from render.clip_tokenizer import build_clip_tokenizer
+    from storyreel.models.clip_tokenizer import build_clip_tokenizer
 
     wanted = set(COMPONENT_NAMES if only is None else only)
     unknown = wanted - set(COMPONENT_NAMES)
@@ -396,7 +324,7 @@ def _build_preset(configs: dict, seed: int, device: torch.device | None, only, m
         wanted.add("motion_adapter")
     built: dict = dict.fromkeys(COMPONENT_NAMES)
     meta = device is not None and device.type == "meta"
-    with _seeded(seed, device), _on_device(device):
+    with seeded(seed, device), _on_device(device):
         for offset, name in enumerate(_BUILDERS):
             if name in wanted:
                 # one seed per component: a subset is built with the same weights as the whole preset

@@ -1,6 +1,6 @@
 """Video files of a render: H.264 MP4 (PyAV, yuv420p), GIF (Pillow), reading MP4s back and joining shots.
 
-Every writer goes through :func:`retrieval.atomic_files.atomic_path`, so a killed run leaves the old file or
+Every writer goes through :func:`storyreel.atomic_files.atomic_path`, so a killed run leaves the old file or
 the new one, never half of one.
 """
 
@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from retrieval.atomic_files import atomic_path
+from storyreel.atomic_files import atomic_path
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:

@@ -35,8 +35,12 @@ from typing import Any
 
 import torch
 
-from render import model_presets as presets
-from retrieval.clip_models import PICKLE_SUFFIXES, ModelLoadError, default_device
+from storyreel.devices import default_device
+from storyreel.errors import ModelLoadError, StoryreelError, first_line
+from storyreel.hashing import weights_fingerprint
+from storyreel.models import architectures, presets
+from storyreel.models.schedulers import make_scheduler
+from storyreel.weights_policy import PICKLE_REFUSAL, PICKLE_SUFFIXES
 
 COMPONENT_KEYS = ("base", "tokenizer", "text_encoder", "vae", "unet", "motion_adapter", "controlnet")
 BASE_PARTS = ("tokenizer", "text_encoder", "vae", "unet")
@@ -50,7 +54,7 @@ class RenderModelLoadError(ModelLoadError):
     """A render component that cannot be built or loaded; the message says which and what to do instead."""
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(StoryreelError, ValueError):
     """A bad model configuration (TOML file or overrides); ``path`` and ``field`` say where."""
 
     def __init__(self, path: Path | str | None, field: str | None, detail: str):
@@ -118,17 +122,6 @@ def config_fingerprint(component) -> str:
     return _digest(architecture_config(component))
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of the weights (names, shapes, and the first values of each tensor); "meta" on meta."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if tensor.device.type == "meta":
-            return "meta"
-        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().flatten()[:4096].to(torch.float32).cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 # -- the components -------------------------------------------------------------------------------------
 @dataclass
 class RenderComponents:
@@ -144,7 +137,7 @@ class RenderComponents:
     scheduler_name: str = presets.DEFAULT_SCHEDULER
     sources: dict[str, ComponentSource] = field(default_factory=dict)
     config_fingerprints: dict[str, str] = field(default_factory=dict)  # at load time, incl. motion_adapter
-    offload: Any = None  # a render.model_offload.ModelOffload after enable_model_cpu_offload()
+    offload: Any = None  # a storyreel.models.offload.ModelOffload after enable_model_cpu_offload()
 
     @property
     def device(self) -> torch.device:
@@ -153,8 +146,8 @@ class RenderComponents:
 
     def enable_model_cpu_offload(self, device: str | torch.device | None = None) -> "RenderComponents":
         """Keep the models on the CPU and move each to ``device`` (default: the current device, else CUDA)
-        only for the phase that uses it (:mod:`render.model_offload`)."""
-        from render.model_offload import ModelOffload
+        only for the phase that uses it (:mod:`storyreel.models.offload`)."""
+        from storyreel.models.offload import ModelOffload
 
         if self.offload is None:
             target = torch.device(device) if device is not None else (
@@ -229,7 +222,7 @@ def _move(model: torch.nn.Module, device, dtype) -> torch.nn.Module:
     if device is None and dtype is None:
         return model
     kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-    with presets.quiet_dtype_warning():
+    with architectures.quiet_dtype_warning():
         return model.to(**kwargs)
 
 
@@ -253,7 +246,7 @@ def parse_source(value: Any, key: str, path: Path | None = None) -> ComponentSou
     candidate = candidate if candidate.is_absolute() else base_dir / candidate
     if isinstance(value, Path) or _looks_local(text) or candidate.exists():
         if candidate.suffix.lower() in PICKLE_SUFFIXES:
-            raise ModelConfigError(path, key, f"refusing '{text}': pickle-based checkpoints can run code; give a "
+            raise ModelConfigError(path, key, f"refusing '{text}': {PICKLE_REFUSAL}; give a "
                                               "folder with .safetensors weights")
         if candidate.is_file():
             raise ModelConfigError(path, key, f"'{text}' is a file; give the folder that holds its config.json "
@@ -302,18 +295,18 @@ def _parse_table(table: dict, path: Path | None) -> dict[str, ComponentSource]:
 def resolve_sources(preset: str, overrides: dict | None = None,
                     config_file: Path | str | None = None) -> dict[str, ComponentSource]:
     """Where each of the six components comes from, after the file's and the dict's overrides."""
-    if preset not in presets.PRESET_NAMES:
+    if preset not in presets.PRESETS:
         raise RenderModelLoadError(f"unknown render model preset '{preset}'; use one of "
                                    f"{', '.join(presets.PRESET_NAMES)} (and a TOML config to replace components)")
+    spec = presets.PRESETS[preset]
     chosen = read_config_file(config_file) if config_file is not None else {}
     chosen.update(_parse_table({k: v for k, v in (overrides or {}).items() if v is not None}, None))
-    if preset == presets.SD15:
-        sources = {part: ComponentSource("hub", presets.SD15_BASE_ID, subfolder=part) for part in BASE_PARTS}
-        sources["motion_adapter"] = ComponentSource("hub", presets.MOTION_ADAPTER_ID)
-        sources["controlnet"] = ComponentSource("hub", presets.CONTROLNET_ID)
-    else:
-        kind = "tiny" if preset == presets.TINY else "random"
-        sources = {name: ComponentSource(kind, preset) for name in (*BASE_PARTS, "motion_adapter", "controlnet")}
+    if spec.render == "hub":
+        sources = {part: ComponentSource("hub", spec.base, subfolder=part) for part in BASE_PARTS}
+        sources["motion_adapter"] = ComponentSource("hub", spec.motion_adapter)
+        sources["controlnet"] = ComponentSource("hub", spec.controlnet)
+    else:  # "tiny" or "random": built in code with seeded weights
+        sources = {name: ComponentSource(spec.render, preset) for name in (*BASE_PARTS, "motion_adapter", "controlnet")}
     if "base" in chosen:
         base = chosen["base"]
         for part in BASE_PARTS:
@@ -342,11 +335,6 @@ def _class(name: str):
     return getattr(__import__(module, fromlist=[cls]), cls)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
@@ -354,7 +342,7 @@ def _offline() -> bool:
 
 def _load_error(name: str, source: ComponentSource, exc: BaseException) -> RenderModelLoadError:
     key = source.key or (("base" if name in BASE_PARTS else name) if source.kind == "hub" else name)
-    reason = _first_line(exc)
+    reason = first_line(exc)
     if source.kind == "hub":
         if _offline():
             reason += " (the hub is offline, HF_HUB_OFFLINE is set, and the files are not in the local cache)"
@@ -397,7 +385,7 @@ def _local_variant(name: str, folder: Path) -> str | None:
         unsafe = sorted(f for f in files if Path(f).suffix.lower() in PICKLE_SUFFIXES)
         found = f" (it holds {', '.join(unsafe)})" if unsafe else ""
         raise RenderModelLoadError(
-            f"render {name}: '{folder}' holds no .safetensors weights{found}; pickle-based checkpoints can run code, "
+            f"render {name}: '{folder}' holds no .safetensors weights{found}; {PICKLE_REFUSAL}, "
             "so only safetensors are loaded: convert them (load once in a trusted environment and save_pretrained "
             "with safe_serialization=True), or use --models tiny"
         )
@@ -459,9 +447,10 @@ def load_component(name: str, source: ComponentSource, dtype: torch.dtype = torc
 
 # -- building -------------------------------------------------------------------------------------------
 def _build_generated(preset: str, wanted: set[str], device: torch.device, merge: bool) -> dict:
-    build = presets.build_tiny_components if preset == presets.TINY else presets.build_random_components
+    tiny = presets.PRESETS[preset].render == "tiny"
+    build = architectures.build_tiny_components if tiny else architectures.build_random_components
     # tiny weights are made on the CPU (the same on every machine); real sizes directly where they will run
-    on = device if device.type == "meta" or (device.type == "cuda" and preset != presets.TINY) else None
+    on = device if device.type == "meta" or (device.type == "cuda" and not tiny) else None
     return build(on, only=wanted, merge=merge)
 
 
@@ -512,7 +501,7 @@ def load_render_components(preset: str = presets.DEFAULT_PRESET, overrides: dict
     sources = resolve_sources(preset, overrides, config_file)
     if device.type == "meta" and any(s.kind in ("hub", "local") for s in sources.values()):
         raise RenderModelLoadError("the meta device only builds the tiny and sd15-random presets' own components")
-    scheduler_object = presets.make_scheduler(scheduler)  # an unknown name fails before anything is loaded
+    scheduler_object = make_scheduler(scheduler)  # an unknown name fails before anything is loaded
 
     parts = {}
     for name in LOAD_ORDER:  # loaded parts first: a missing one fails before anything is built
@@ -531,7 +520,7 @@ def load_render_components(preset: str = presets.DEFAULT_PRESET, overrides: dict
     if not merge_here:
         unet2d = _move(parts["unet"], device, None)
         with device if device.type == "cuda" else contextlib.nullcontext():
-            parts["unet"] = presets.merge_motion_adapter(unet2d, _move(adapter, device, None))
+            parts["unet"] = architectures.merge_motion_adapter(unet2d, _move(adapter, device, None))
         del unet2d
     del adapter
     for name in ("text_encoder", "vae", "unet", "controlnet"):

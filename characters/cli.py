@@ -1,11 +1,11 @@
 """``train-character --images DIR --name hare --token "<hare>" --class-word rabbit --out characters/hare.safetensors``.
 
-Trains a character (TimeInv table + LoRA, :mod:`characters.training`) on the render's own components:
-the command loads the model preset (``--models``), the depth model of the structure stage, and hands them
-to the characters package, with a validation callback that renders a short clip with the render's
-sampler. The character file is written only when training has finished; bad input (a missing or empty
-folder, an image that cannot be decoded or is too small, a token that is already a word, a checkpoint of
-other settings) exits with code 2 and a message naming the file, before anything is written.
+Trains a character (TimeInv table + LoRA, :mod:`characters.training`) on the render model of a preset from
+the model zoo (``--models``, :mod:`storyreel.models`) and the depth model the preset names, with validation
+clips (:mod:`characters.validation`) every ``--validate-every`` steps. The character file is written only
+when training has finished; bad input (a missing or empty folder, an image that cannot be decoded or is
+too small, a token that is already a word, a checkpoint of other settings) exits with code 2 and a message
+naming the file, before anything is written.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import click
 
-# --models preset → the structure stage's depth model used for the pseudo-videos' depth (as render-story)
-DEPTH_MODELS = {"tiny": "tiny", "sd15": "dpt-hybrid", "sd15-random": "dpt-hybrid-random"}
+from storyreel.models import presets
 
 
 def _note(text: str) -> None:
@@ -30,25 +29,6 @@ def _note(text: str) -> None:
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
-
-
-def make_validator(components, folder: Path, prompt: str, negative_prompt: str, condition, steps: int, seed: int,
-                   fps: float, echo):
-    """A ``validate(trainer, step)`` callback: renders ``prompt`` with the character as trained so far."""
-
-    def validate(trainer, step: int) -> None:
-        from characters import per_step_embeddings
-        from render.sampler import StructureGuidedSampler
-        from render.video_files import write_gif
-
-        sampler = StructureGuidedSampler(components)
-        hook = per_step_embeddings(trainer.character_set, sampler.encode_prompt, prompt, negative_prompt)
-        result = sampler(prompt, negative_prompt, conditioning=condition, steps=steps, guidance_scale=7.5, seed=seed,
-                         prompt_embeds_for_step=hook, output_type="np", autocast_dtype=trainer.autocast_dtype)
-        path = write_gif(result.frames, folder / f"step-{step:07d}.gif", fps)
-        echo(f"validation clip at step {step}: {path}")
-
-    return validate
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,8 +100,8 @@ def main(images, name, token, class_word, out, models, model_config, depth_model
             _fail(f"{option}: expected a .safetensors file, got '{path}'")
     if export_ti is not None and export_ti.resolve() == out.resolve():
         _fail("--export-ti must be another file than --out")
-    if models not in DEPTH_MODELS and depth_model is None:
-        _fail(f"--models: unknown preset {models!r}; use one of {', '.join(DEPTH_MODELS)}")
+    if models not in presets.PRESETS:
+        _fail(f"--models: unknown preset {models!r}; use one of {', '.join(presets.PRESET_NAMES)}")
     if reg_index is not None and not reg_index.is_dir():
         _fail(f"--reg-index: '{reg_index}' is not a folder (an index made by build-index)")
     checkpoint_dir = checkpoint_dir or out.with_name(out.name[: -len(out.suffix)] + ".checkpoints")
@@ -150,17 +130,17 @@ def main(images, name, token, class_word, out, models, model_config, depth_model
     except CharacterError as exc:
         _fail(str(exc))
 
-    from render.model_loading import ModelConfigError, load_render_components
-    from retrieval.clip_models import ModelLoadError
+    from storyreel.models.loading import ModelConfigError, load_render_components
+    from storyreel.errors import ModelLoadError
     from structure.depth_models import load_depth_model
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
     try:
         components = load_render_components(models, config_file=model_config, device=device, dtype=dtype)
-        estimator = load_depth_model(depth_model or DEPTH_MODELS[models], device=device, progress=False)
+        estimator = load_depth_model(depth_model or presets.PRESETS[models].depth_model, device=device, progress=False)
     except (ModelLoadError, ModelConfigError) as exc:
         _fail(str(exc))
-    from render.model_loading import base_model_record
+    from storyreel.models.loading import base_model_record
 
     base_model = base_model_record(components)
 
@@ -183,6 +163,7 @@ def run(components, estimator, reference, settings, out: Path, *, checkpoint_dir
     from characters.character_set import check_token
     from characters.pseudo_video import Augmentation, character_prompt, pseudo_video
     from characters.regularisation import RegularisationSet, retrieve_clips
+    from characters.validation import make_validator
     from characters.training import train_character
 
     check_token(components.tokenizer, settings.token)  # before any clip is retrieved or step is run
