@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= demo-out
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo clean
+.PHONY: install lint test demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 demo: install

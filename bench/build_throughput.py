@@ -259,9 +259,8 @@ def main() -> int:
     import numpy
     import torch
 
-    from retrieval.clip_models import load_clip_model
-
     from index_builder import build
+    from retrieval.clip_models import load_clip_model
 
     image_size = load_clip_model("tiny").image_size  # warms the imports; the model is built again per build
     variant = not args.no_uncapped and hasattr(build, "_cores_shared_with_workers")
@@ -287,7 +286,7 @@ def main() -> int:
         for copies in args.repeat_library:
             library = make_library(clips, copies, scratch)
 
-            def run(mode):
+            def run(mode, library=library):
                 if mode == "decode":
                     return run_decode(library, args.workers, image_size)
                 with thread_cap(mode != "variant"):

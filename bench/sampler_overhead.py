@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     import torch
     from diffusers import AnimateDiffControlNetPipeline
 
-    from storyreel.models.loading import load_render_components
     from render.sampler import StructureGuidedSampler
+    from storyreel.models.loading import load_render_components
 
     if args.threads:
         torch.set_num_threads(args.threads)

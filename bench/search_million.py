@@ -325,7 +325,8 @@ def main() -> int:
 
     row("build s (train + add)", f"{build_s:.1f} ({split['train']:.1f} + {split['add']:.1f})",
         f"{exact['build_s']:.1f}" if exact else "-")
-    row("index bytes / vector (in RAM)", f"{index_bytes / args.n:.1f}", f"{exact['bytes'] / args.n:.1f}" if exact else "-")
+    row("index bytes / vector (in RAM)", f"{index_bytes / args.n:.1f}",
+        f"{exact['bytes'] / args.n:.1f}" if exact else "-")
     row("stored float32 bytes / vector (disk)", f"{stored} (mmap, re-scoring)", f"{stored} (unused)" if exact else "-")
     row(f"recall@{K}", f"{recall:.4f}",
         f"{exact['recall']:.4f} ({len(many)} q)" if exact else "-")

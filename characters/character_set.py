@@ -45,8 +45,13 @@ import torch
 
 from characters.character_file import UNET_PREFIX, Character, describe_base_model
 from characters.errors import CharacterError, CharacterFileError, CharacterTokenError
-from characters.lora_targets import DEFAULT_PROJECTIONS, lora_config, spatial_attention_targets, target_shapes, \
-    unet_signature
+from characters.lora_targets import (
+    DEFAULT_PROJECTIONS,
+    lora_config,
+    spatial_attention_targets,
+    target_shapes,
+    unet_signature,
+)
 from characters.timeinv import TimeInvTable, TokenEmbeddingHook, initial_table
 from storyreel.seeding import seeded
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from storyreel.errors import StoryreelError
-
 import os
+
+from storyreel.errors import StoryreelError
 
 
 class CharacterError(StoryreelError, ValueError):

@@ -73,7 +73,7 @@ class RegularisationSet:
             frames = read_source_frames((clip.path, clip.start, clip.end), frames=self.frames,
                                         size=(self.resolution, self.resolution))
             condition = depth_condition(frames, self.depth_model)
-        except Exception as exc:  # one bad clip never stops training
+        except Exception as exc:  # noqa: BLE001 (one bad clip never stops training)
             warnings.warn(f"{clip.path}: skipped as a regularisation clip ({type(exc).__name__}: {exc})",
                           stacklevel=3)
             return None

@@ -48,8 +48,14 @@ from characters.character_file import Character, export_textual_inversion, save_
 from characters.character_set import CharacterSet, check_name
 from characters.errors import CharacterError, CheckpointError
 from characters.lora_targets import parse_projections
-from characters.pseudo_video import (DEFAULT_SCALE_RANGE, PROMPT_TEMPLATES, VideoSample, character_prompt,
-                                     pseudo_video, sample_augmentation)
+from characters.pseudo_video import (
+    DEFAULT_SCALE_RANGE,
+    PROMPT_TEMPLATES,
+    VideoSample,
+    character_prompt,
+    pseudo_video,
+    sample_augmentation,
+)
 from characters.reference_images import ReferenceImage
 from storyreel.hashing import file_sha256
 

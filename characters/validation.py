@@ -23,8 +23,9 @@ VALIDATION_GUIDANCE = 7.5
 def render_validation_clip(components, character_set, prompt: str, negative_prompt: str, condition: torch.Tensor, *,
                            steps: int, seed: int, guidance_scale: float = VALIDATION_GUIDANCE,
                            autocast_dtype: torch.dtype | None = None) -> np.ndarray:
-    """``frames x H x W x 3`` floats in [0, 1]: ``prompt`` rendered over ``condition`` (``frames x 3 x H x W``
-    depth in [0, 1]) with every character token of ``character_set`` at its row for each step's timestep."""
+    """``frames x H x W x 3`` uint8 (as the render's sampler gives them): ``prompt`` rendered over ``condition``
+    (``frames x 3 x H x W`` depth in [0, 1]) with every character token of ``character_set`` at its row for each
+    step's timestep."""
     from diffusers import AnimateDiffControlNetPipeline
 
     from characters.character_set import per_step_embeddings
@@ -61,9 +62,10 @@ def render_validation_clip(components, character_set, prompt: str, negative_prom
         video = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, conditioning_frames=list(condition),
                      num_frames=frames, height=condition.shape[-2], width=condition.shape[-1],
                      num_inference_steps=steps, guidance_scale=guidance_scale,
-                     generator=torch.Generator(device="cpu").manual_seed(seed), output_type="np",
+                     generator=torch.Generator(device="cpu").manual_seed(seed), output_type="pt",
                      callback_on_step_end=next_step_embeds, callback_on_step_end_tensor_inputs=["prompt_embeds"])
-    return np.asarray(video.frames[0])
+    frames = video.frames[0].permute(0, 2, 3, 1).float().cpu().numpy()  # T x H x W x 3 in [0, 1]
+    return (frames * 255).round().astype(np.uint8)
 
 
 def make_validator(components, folder: Path, prompt: str, negative_prompt: str, condition: torch.Tensor, steps: int,

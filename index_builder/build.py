@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from storyreel.errors import StoryreelError
-
 import contextlib
 import hashlib
 import os
@@ -21,8 +19,9 @@ from index_builder.segmenter import SegmentSettings
 from index_builder.sources import SourceError, SourceReport, VideoJob, read_jsonl_manifest, scan_folder
 from index_builder.store import IndexStore
 from index_builder.tuning_queries import MOTION_QUERIES
-from storyreel import atomic_files
 from retrieval.index_format import ERRORS_FILE, FAISS_FILE, FORMAT_VERSION, MANIFEST_FILE, IndexFormatError, Manifest
+from storyreel import atomic_files
+from storyreel.errors import StoryreelError
 
 
 class BuildError(StoryreelError, RuntimeError):
@@ -169,17 +168,20 @@ def _engine_results(options, pending, decode_settings, embedder, decode_function
 
         kwargs = {"decode_function": decode_function} if decode_function else {}
         decoded = decode_isolated(pending, decode_settings, options.workers, options.timeout_s, **kwargs)
-        return ((job, video, error, None if video is None else embedder.encode_segments(video.frames, options.batch_size))
+        return ((job, video, error,
+                 None if video is None else embedder.encode_segments(video.frames, options.batch_size))
                 for job, video, error in decoded)
     raise BuildError(f"--engine must be 'local' or 'ray', not {options.engine!r}")
 
 
 def _run_engine(options, pending, decode_settings, embedder, store, decode_function) -> None:
     bar = tqdm(total=len(pending), unit="clip", desc="indexing", disable=not options.progress, dynamic_ncols=True)
-    cores = _cores_shared_with_workers(embedder, options.workers) if options.engine == "local" else contextlib.nullcontext()
+    cores = (_cores_shared_with_workers(embedder, options.workers) if options.engine == "local"
+             else contextlib.nullcontext())
     segments = errors = 0
     with cores, bar:
-        for job, decoded, error, vectors in _engine_results(options, pending, decode_settings, embedder, decode_function):
+        results = _engine_results(options, pending, decode_settings, embedder, decode_function)
+        for job, decoded, error, vectors in results:
             if decoded is None:
                 errors += 1
                 store.add_error(job, error)

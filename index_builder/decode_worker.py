@@ -57,7 +57,8 @@ def decode_video(job: VideoJob, settings: DecodeSettings) -> DecodedVideo:
             raise
         warning = exc.reason
     if last_time is None:
-        raise VideoDecodeError(job.path, "no frames in the requested time range" if job.start or job.end else "no frames")
+        raise VideoDecodeError(job.path,
+                               "no frames in the requested time range" if job.start or job.end else "no frames")
     end = last_time + 1.0 / info.fps
     if job.end is not None:
         end = min(end, job.end)

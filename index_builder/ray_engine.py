@@ -16,9 +16,7 @@ convert dataclasses, ``None`` or N-d arrays to Arrow.
 
 from __future__ import annotations
 
-import os
 import pickle
-import sys
 from typing import Iterable, Iterator
 
 import numpy as np

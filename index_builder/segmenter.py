@@ -140,7 +140,8 @@ class SceneAwareSegmenter:
     def _emit(self, start: float, end: float) -> Segment:
         frames = list(self._buffer)
         times = np.array([f.time for f in frames])
-        picks = np.searchsorted(times, np.array(segment_sample_times(start, end, self.settings.frames_per_segment)) + TIME_EPSILON, side="right") - 1
+        wanted = np.array(segment_sample_times(start, end, self.settings.frames_per_segment)) + TIME_EPSILON
+        picks = np.searchsorted(times, wanted, side="right") - 1
         picked = np.stack([frames[max(0, int(i))].prepared(self.prepare) for i in picks])
         inside = [f.change for f in frames if start + TIME_EPSILON < f.time < end - TIME_EPSILON]
         motion = float(sum(inside) / max(end - start, 1e-6))

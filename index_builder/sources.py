@@ -6,12 +6,12 @@ Every source yields :class:`VideoJob` records; a job's ``key`` identifies it acr
 
 from __future__ import annotations
 
-from storyreel.errors import StoryreelError
-
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from storyreel.errors import StoryreelError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 
@@ -112,5 +112,6 @@ def read_jsonl_manifest(manifest: str | Path, report: SourceReport) -> list[Vide
             if not path.exists():
                 report.add(str(manifest), "file not found", line=number, path=str(path))
                 continue
-            jobs.append(VideoJob(os.path.abspath(path), row.get("label"), row.get("caption"), times["start"], times["end"]))
+            jobs.append(VideoJob(os.path.abspath(path), row.get("label"), row.get("caption"), times["start"],
+                                 times["end"]))
     return jobs

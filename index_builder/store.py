@@ -17,8 +17,8 @@ import numpy as np
 
 from index_builder.decode_worker import DecodedVideo
 from index_builder.sources import VideoJob
-from storyreel import atomic_files
 from retrieval.index_format import EMBEDDINGS_DIR, METADATA_FILE, SCHEMA
+from storyreel import atomic_files
 
 
 class IndexStore:
@@ -56,7 +56,8 @@ class IndexStore:
 
     def set_build_info(self, settings: dict) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO build_info (key, value) VALUES ('settings', ?)", (json.dumps(settings, sort_keys=True),)
+            "INSERT OR REPLACE INTO build_info (key, value) VALUES ('settings', ?)",
+            (json.dumps(settings, sort_keys=True),),
         )
 
     def done_keys(self) -> set[str]:

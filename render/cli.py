@@ -8,20 +8,20 @@ from pathlib import Path
 
 import click
 
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
+from storyreel.command_line import command, fail, quiet_option
+from storyreel.models import presets
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command("render-story")
 @click.argument("storyboard", required=False, type=click.Path(path_type=Path))
 @click.option("--index", type=click.Path(path_type=Path), default=None,
               help="Index folder (from `build-index`); needed unless every shot has a clip override.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder: shots/, story.mp4, storyboard.png, report.json.")
-@click.option("--models", default="sd15", show_default=True,
-              help="Model preset: sd15 (SD1.5 + AnimateDiff + depth ControlNet, DPT-Hybrid depth) or tiny.")
+@click.option("--models", default=presets.DEFAULT_PRESET, show_default=True,
+              help=f"Model preset ({', '.join(presets.PRESET_NAMES)}): its render models and its depth model; "
+                   "sd15: SD1.5 + AnimateDiff + depth ControlNet and DPT-Hybrid from the hub, tiny: toy size, "
+                   "sd15-random: real size, both with seeded random weights.")
 @click.option("--crossfade", type=float, default=0.0, show_default=True,
               help="Crossfade between shots in story.mp4, seconds.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
@@ -40,10 +40,10 @@ def _fail(message: str) -> None:
 @click.option("--llm-model", default=None, help="Model name at the endpoint [default: STORYREEL_LLM_MODEL].")
 @click.option("--llm-model-path", type=click.Path(path_type=Path), default=None,
               help="Local chat model folder for --llm local.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@quiet_option("No progress bars.", no_progress_alias=True)
 @click.option("--schema", is_flag=True, help="Print the storyboard JSON Schema and exit.")
 def main(storyboard, index, out, models, crossfade, device, engine, workers, cpu_offload, characters, planner,
-         llm_base_url, llm_model, llm_model_path, no_progress, schema):
+         llm_base_url, llm_model, llm_model_path, quiet, schema):
     """Render STORYBOARD (a storyboard JSON file) shot by shot; rerunning skips unchanged shots."""
     if schema:
         from storyboard import storyboard_json_schema
@@ -51,38 +51,32 @@ def main(storyboard, index, out, models, crossfade, device, engine, workers, cpu
         click.echo(json.dumps(storyboard_json_schema(), indent=2))
         return
     if storyboard is None:
-        _fail("give a STORYBOARD file (or --schema)")
+        raise click.UsageError("give a STORYBOARD file (or --schema)")
     if out is None:
-        _fail("give --out OUT, the output folder")
+        raise click.UsageError("give --out OUT, the output folder")
 
     character_files = {}
     for item in characters:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            _fail(f"--character {item}: expected NAME=FILE, e.g. hare=characters/hare.safetensors")
+            fail(f"--character {item}: expected NAME=FILE, e.g. hare=characters/hare.safetensors")
         character_files[name] = Path(path)
 
-    from render.story import StoryInputError, StoryOptions, prepare_story, render_story
+    from characters import CharacterError
+    from render.story import StoryOptions, prepare_story, render_story
+    from storyreel.errors import ModelLoadError
+    from storyreel.models.loading import ModelConfigError
 
     options = StoryOptions(storyboard=storyboard, out=out, index=index, models=models, crossfade=crossfade,
-                           device=device, progress=not no_progress, engine=engine, workers=workers,
+                           device=device, progress=not quiet, engine=engine, workers=workers,
                            cpu_offload=cpu_offload, character_files=character_files, planner=planner,
                            planner_options={k: v for k, v in (("base_url", llm_base_url), ("model", llm_model),
                                                               ("model_path", llm_model_path)) if v is not None})
-    try:
-        plan = prepare_story(options)
-    except StoryInputError as exc:
-        _fail(str(exc))
-    from characters import CharacterError
-    from storyreel.models.loading import ModelConfigError
-    from storyreel.errors import ModelLoadError
-
+    plan = prepare_story(options)  # StoryInputError: "error: ..." (exit 2), nothing loaded or written
     try:
         report = render_story(plan, echo=click.echo)
-    except (ModelLoadError, ModelConfigError) as exc:  # render and depth loaders' own messages
-        _fail(str(exc))
-    except CharacterError as exc:  # a character file made for another base model
-        _fail(str(exc))
+    except (ModelLoadError, ModelConfigError, CharacterError):  # "error: ..." (exit 2): models that cannot be
+        raise                                                    # loaded, a character made for other models
     except (RuntimeError, ValueError, OSError) as exc:  # a shot that cannot be made; finished shots are kept
         click.echo(f"error: {exc} (finished shots are kept; rerun to resume)", err=True)
         sys.exit(1)

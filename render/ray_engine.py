@@ -2,17 +2,17 @@
 
 The driver chooses every shot's segment first (in story order, so footage is never shared, exactly as
 with the local engine), then hands ``(shot, segment, settings hash)`` jobs to a pool of
-:class:`render.story.ShotRenderer` actors. Each actor loads the models once and renders shot after shot;
+:class:`render.shot_renderer.ShotRenderer` actors. Each actor loads the models once and renders shot after shot;
 the driver writes each shot's sidecar as soon as its render returns, so an interrupted run resumes with
 the shots that finished. Without GPUs the actors share the CPUs (``--workers``, default 1).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 
+from render.shot_renderer import RenderSettings, ShotRenderer
+from render.shot_sidecar import Segment, ShotSidecar
 from storyreel.ray_runtime import init_ray
 
 
@@ -29,20 +29,18 @@ def worker_resources(ray, workers: int | None) -> tuple[int, dict]:
 
 
 class _RenderActor:
-    def __init__(self, settings, threads: int):
+    def __init__(self, settings: RenderSettings, threads: int):
         import torch
-
-        from render.story import ShotRenderer
 
         if not torch.cuda.is_available():
             torch.set_num_threads(max(1, threads))
         self.renderer = ShotRenderer(settings)
 
-    def render(self, shot, segment: dict, settings_hash: str) -> dict:
+    def render(self, shot, segment: Segment, settings_hash: str) -> ShotSidecar:
         return self.renderer.render(shot, segment, settings_hash)
 
 
-def render_on_ray(settings, jobs: list[tuple], done: Callable[[object, dict, float], None],
+def render_on_ray(settings: RenderSettings, jobs: list[tuple], done: Callable[[object, ShotSidecar, float], None],
                   workers: int | None = None) -> None:
     """Render ``jobs`` (shot, segment, settings hash, retrieval seconds); call ``done(shot, sidecar, retrieval_s)``
     in the driver as each finishes. A failed shot does not stop the others; the first error is raised at the end."""

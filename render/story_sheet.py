@@ -9,8 +9,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from storyreel import atomic_files
-from storyreel import drawing
+from storyreel import atomic_files, drawing
 
 
 @dataclass
@@ -74,7 +73,8 @@ def draw_story_sheet(rows: Sequence[SheetRow], out_path: str | Path, title: str 
         draw.text((gap, y), title, fill=drawing.TEXT, font=font)
         y += title_h
     for row in rows:
-        draw.text((gap, y), _fit(draw, row.title + "  " + row.caption, font, sheet_w - 2 * gap), fill=drawing.TEXT, font=font)
+        heading = _fit(draw, row.title + "  " + row.caption, font, sheet_w - 2 * gap)
+        draw.text((gap, y), heading, fill=drawing.TEXT, font=font)
         draw.text((gap, y + 17), _fit(draw, row.source, small, sheet_w - 2 * gap), fill=drawing.MUTED, font=small)
         if row.prompt:
             draw.text((gap, y + 33), _fit(draw, "caption: " + row.prompt, small, sheet_w - 2 * gap), fill=drawing.MUTED,

@@ -2,12 +2,19 @@
 
 Model specs (what ``--models`` takes):
 
+* a model preset of :mod:`storyreel.models.presets`, meaning its CLIP model: ``sd15`` →
+  ``ViT-B-32:laion2b_s34b_b79k``, ``tiny`` → ``tiny``, ``sd15-random`` → ``ViT-B-32`` (random weights);
 * ``tiny``: open_clip's CLIP architecture from a small config with seeded random weights, built in code,
   with open_clip's bundled BPE tokenizer. Runs the real code path on CPU in milliseconds.
 * ``NAME:TAG``: an open_clip architecture and pretrained tag, e.g. ``ViT-B-32:laion2b_s34b_b79k``
   (the default).
+* ``NAME``: an open_clip architecture at its real size with seeded random weights (nothing is downloaded).
 * ``NAME:/path/to/weights.safetensors``: an open_clip architecture with a local checkpoint.
 * ``hf-hub:org/repo`` or ``local-dir:/path``: open_clip's own schemes.
+
+A spec is resolved once, by :meth:`ModelSpec.parse`: the index's manifest records the resolved spec
+(``ViT-B-32:laion2b_s34b_b79k``, never ``sd15``), so an index built with ``--models sd15`` is searched with
+``--models sd15`` or with the open_clip name alike.
 """
 
 from __future__ import annotations
@@ -24,27 +31,37 @@ from retrieval.frame_preprocessing import square_crop
 from storyreel.devices import default_device
 from storyreel.errors import ModelLoadError, first_line
 from storyreel.hashing import weights_fingerprint
+from storyreel.models.presets import PRESETS
 from storyreel.seeding import seeded
 from storyreel.weights_policy import PICKLE_REFUSAL, PICKLE_SUFFIXES
 
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 TINY = "tiny"
 TINY_SEED = 0
+RANDOM_SEED = 0  # the weights of an open_clip architecture named without pretrained weights
 TINY_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
+
+
 @dataclass(frozen=True)
 class ModelSpec:
+    """An open_clip architecture ``name`` and its ``pretrained`` weights (a tag or a file; None: random)."""
+
     name: str
     pretrained: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "ModelSpec":
+        """The spec of a ``--models`` value (see the module docstring); a preset name means its CLIP model."""
         text = text.strip()
         if not text:
-            raise ModelLoadError("empty model spec; use 'tiny' or NAME:TAG such as " + DEFAULT_MODEL)
+            raise ModelLoadError("empty model spec; use a preset (" + ", ".join(PRESETS) + "), 'tiny' or NAME:TAG "
+                                 "such as " + DEFAULT_MODEL)
+        if text in PRESETS:
+            text = PRESETS[text].clip_model
         if text == TINY or text.startswith(("hf-hub:", "local-dir:")):
             return cls(text)
         name, sep, tag = text.partition(":")
@@ -95,7 +112,11 @@ def _build_open_clip(spec: ModelSpec, device: torch.device) -> tuple[torch.nn.Mo
             raise ModelLoadError(f"model '{spec}': no such checkpoint file '{path}'")
         pretrained = str(path)
     try:
-        model = open_clip.create_model(spec.name, pretrained=pretrained, device=device)
+        if pretrained is None and ":" not in spec.name:  # seeded random weights: an index can be searched again
+            with seeded(RANDOM_SEED):
+                model = open_clip.create_model(spec.name, pretrained=None, device="cpu")
+        else:
+            model = open_clip.create_model(spec.name, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(spec.name)
     except Exception as exc:
         raise ModelLoadError(

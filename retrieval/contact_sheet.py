@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from storyreel import atomic_files
-from storyreel import drawing
+from storyreel import atomic_files, drawing
+
 
 def draw_contact_sheet(segments: Sequence, out_path: str | Path, frames_per_row: int = 4, thumb_height: int = 96,
                        title: str | None = None) -> Path:

@@ -14,11 +14,11 @@ an uninterrupted one give every segment the same id.
 
 from __future__ import annotations
 
-from storyreel.errors import StoryreelError
-
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from storyreel.errors import StoryreelError
 
 FORMAT_VERSION = 1
 

@@ -110,7 +110,8 @@ class Library:
         if self._embedder.fingerprint != self.manifest.model["fingerprint"]:
             raise ModelMismatchError(
                 f"the weights of model '{self.manifest.model['spec']}' (fingerprint {self._embedder.fingerprint}) "
-                f"differ from those that built {self.index_dir} ({self.manifest.model['fingerprint']}); rebuild the index"
+                f"differ from those that built {self.index_dir} ({self.manifest.model['fingerprint']}); "
+                "rebuild the index"
             )
         return self._embedder
 
@@ -158,7 +159,8 @@ class Library:
         return self._searcher.search(queries, k)
 
     def search_vector(self, query: np.ndarray, k: int = 5, text: str | None = None,
-                      rerank_options: RerankOptions | None = None, avoid: Sequence[ClipSegment] = ()) -> list[ClipSegment]:
+                      rerank_options: RerankOptions | None = None,
+                      avoid: Sequence[ClipSegment] = ()) -> list[ClipSegment]:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         options = rerank_options or RerankOptions()

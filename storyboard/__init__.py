@@ -17,12 +17,20 @@ caption, length, seed, τ, or a clip that replaces retrieval)::
 
 from storyboard.errors import Problem, StoryboardError
 from storyboard.fingerprint import shot_hash
-from storyboard.format import (DEFAULT_NEGATIVE_PROMPT, FORMAT_VERSION, SCHEDULERS, Character, ClipOverride,
-                               Defaults, Shot, Storyboard, storyboard_json_schema)
+from storyboard.format import (
+    DEFAULT_NEGATIVE_PROMPT,
+    FORMAT_VERSION,
+    SCHEDULERS,
+    Character,
+    ClipOverride,
+    Defaults,
+    Shot,
+    Storyboard,
+    storyboard_json_schema,
+)
 from storyboard.loading import load_storyboard, parse_storyboard, save_storyboard
 from storyboard.shot_ids import safe_file_stem, unique_safe_ids
-from storyboard.shot_settings import (ResolvedCharacter, ResolvedClip, ShotSettings, derive_seed,
-                                      frames_for_duration)
+from storyboard.shot_settings import ResolvedCharacter, ResolvedClip, ShotSettings, derive_seed, frames_for_duration
 
 __all__ = [
     "Character",
@@ -51,12 +59,10 @@ __all__ = [
 
 # Story planning: prose → shots (plan-story), and filling in shots that lack a motion query or caption
 # (render-story calls complete_storyboard). See storyboard.planner.
-from storyboard.caption_weights import caption_problems, caption_weights_parse  # noqa: E402
-from storyboard.planner import (BACKENDS, PlannerSetupError, complete_storyboard, make_planner,  # noqa: E402
-                                plan_passage)
-from storyboard.shot_plan import (PlanRejected, ShotAnalysis, ShotPlan, ShotRequest, shot_plan_json_schema,  # noqa: E402
-                                  validate_plan)
-from storyboard.story_characters import CastMember, detect_cast, load_characters_file  # noqa: E402
+from storyboard.caption_weights import caption_problems, caption_weights_parse
+from storyboard.planner import BACKENDS, PlannerSetupError, complete_storyboard, make_planner, plan_passage
+from storyboard.shot_plan import PlanRejected, ShotAnalysis, ShotPlan, ShotRequest, shot_plan_json_schema, validate_plan
+from storyboard.story_characters import CastMember, detect_cast, load_characters_file
 
 __all__ += [
     "BACKENDS",

@@ -70,7 +70,7 @@ def _parser():
             except (OSError, ImportError):
                 module = None
         if module is None:
-            from compel import prompt_parser as module  # noqa: PLC0415 (the package's own import)
+            from compel import prompt_parser as module
     return module.PromptParser()
 
 

@@ -14,8 +14,6 @@ which carries the exact paths of the fields at fault through pydantic.
 
 from __future__ import annotations
 
-from storyreel.errors import StoryreelError
-
 import difflib
 import json
 import re
@@ -25,6 +23,8 @@ from typing import Any, Iterable, Sequence
 
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
+
+from storyreel.errors import StoryreelError
 
 # The error type that carries problems found by a cross-field validator, with their own paths.
 PROBLEMS_ERROR_TYPE = "storyboard_problems"

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 from typing import Mapping
 
 from storyboard.shot_settings import ShotSettings

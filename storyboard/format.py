@@ -33,15 +33,23 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, Mapping
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints,
-                      ValidationInfo, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from storyboard.errors import Problem, StoryboardError, custom_error, describe, json_path, problems_error
 from storyboard.fingerprint import shot_hash
 from storyboard.shot_ids import unique_safe_ids
+from storyboard.shot_settings import ResolvedCharacter, ResolvedClip, ShotSettings, derive_seed, frames_for_duration
 from storyreel.models.presets import DEFAULT_SCHEDULER, SCHEDULER_NAMES
-from storyboard.shot_settings import (ResolvedCharacter, ResolvedClip, ShotSettings, derive_seed,
-                                      frames_for_duration)
 
 FORMAT_VERSION = 1
 SCHEDULERS = SCHEDULER_NAMES  # the model registry's names

@@ -16,9 +16,9 @@ from typing import Any, Mapping
 
 from pydantic import ValidationError
 
-from storyreel.atomic_files import write_text
 from storyboard.errors import Problem, StoryboardError, describe, problems_from_validation_error
 from storyboard.format import Storyboard
+from storyreel.atomic_files import write_text
 
 
 def load_storyboard(path: str | os.PathLike, *, check_files: bool = True) -> Storyboard:

@@ -59,8 +59,8 @@ class LocalPlanner:
         if self._model is not None or self._load_error is not None:
             return
         try:
-            import torch  # noqa: PLC0415
-            from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True, trust_remote_code=False)
             if not getattr(tokenizer, "chat_template", None):
@@ -74,7 +74,7 @@ class LocalPlanner:
             self._load_error = " ".join(str(exc).split())[:200] or type(exc).__name__
 
     def _generate(self, messages: list[dict], sample: bool, attempt: int) -> str:
-        import torch  # noqa: PLC0415
+        import torch
 
         tokenizer, model = self._tokenizer, self._model
         inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",

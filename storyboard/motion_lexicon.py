@@ -103,7 +103,8 @@ _ACTION_TABLE = [
         "scooter": "riding a scooter", "cart": "driving a cart"}),
     _action("row", "rowing a boat", 3, hands=True),
     _action("sail", "sailing a boat", 2),
-    _action("drive steer", "driving a car", 2, hands=True, objects={"cart": "driving a cart", "tractor": "driving a tractor"}),
+    _action("drive steer", "driving a car", 2, hands=True,
+            objects={"cart": "driving a cart", "tractor": "driving a tractor"}),
     # body, hands and gestures
     _action("wave beckon", "waving", 3, hands=True),
     _action("clap applaud", "clapping", 3, hands=True),

@@ -20,8 +20,6 @@ The API key is never written to the cache, the report or any message.
 
 from __future__ import annotations
 
-from storyreel.errors import StoryreelError
-
 import hashlib
 import json
 import os
@@ -32,9 +30,10 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-from storyreel.atomic_files import write_json
 from storyboard.llm_prompt import PROMPT_VERSION, build_messages, retry_message
 from storyboard.shot_plan import PlanOutcome, PlanRejected, ShotRequest, shot_plan_json_schema, validate_plan
+from storyreel.atomic_files import write_json
+from storyreel.errors import StoryreelError
 
 MAX_ANSWER_ECHO = 2000
 """A refused answer is sent back to the model (so it can fix it) cut to this many characters."""
@@ -109,7 +108,7 @@ class OpenAIPlanner:
     name = "openai"
 
     def __init__(self, config: EndpointConfig, *, sleep: Callable[[float], None] = time.sleep):
-        from openai import DefaultHttpxClient, OpenAI  # noqa: PLC0415 (only this backend needs the client)
+        from openai import DefaultHttpxClient, OpenAI
 
         self.config = config
         self._sleep = sleep
@@ -176,7 +175,7 @@ class OpenAIPlanner:
                 pass                                 # a damaged or foreign entry: ask again
         if self._stopped is not None:
             return PlanOutcome(plan=None, error=f"endpoint not asked: {self._stopped}")
-        import openai  # noqa: PLC0415
+        import openai
 
         problems: list[str] = []
         transcript = list(messages)

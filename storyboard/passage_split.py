@@ -12,13 +12,12 @@ without final punctuation, followed by a blank line).
 
 from __future__ import annotations
 
-from storyreel.errors import StoryreelError
-
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from storyboard.verb_phrases import motion_strength
+from storyreel.errors import StoryreelError
 
 MAX_PASSAGE_CHARS = 200_000
 """Longer passages are refused: a storyboard of thousands of shots is not what anyone means."""

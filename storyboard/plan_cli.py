@@ -9,36 +9,13 @@ a bad characters file, bad flags) is reported as ``error: ...`` naming the file 
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import click
-from pydantic import ValidationError
 
-_DEFAULT_FLAGS = {"width": "--width", "height": "--height", "frames": "--frames", "fps": "--fps", "steps": "--steps",
-                  "seed": "--seed", "negative_prompt": "--negative-prompt"}
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
-
-
-class _Command(click.Command):
-    """A click command whose usage errors read ``error: ...`` (exit code 2) like every other bad input."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        try:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.UsageError as exc:
-            _fail(exc.format_message())
-        except click.ClickException as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("aborted", err=True)
-            sys.exit(1)
+from storyboard.plan_job import PlanStoryJob
+from storyreel.command_line import FloatRange, IntRange, command, fail, quiet_option
 
 
 def report_path(out: Path) -> Path:
@@ -46,15 +23,17 @@ def report_path(out: Path) -> Path:
     return out.with_name(f"{out.stem if out.suffix else out.name}.plan.json")
 
 
-@click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
+@command("plan-story")
 @click.argument("passage", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="The storyboard file to write; the plan report goes beside it (<stem>.plan.json).")
 @click.option("--llm", "backend", type=click.Choice(["rules", "openai", "local"]), default=None,
               help="Planner backend [default: openai when a base URL is configured, else rules].")
-@click.option("--shots", type=int, default=None, help="At most this many shots (neighbouring events are joined).")
+@click.option("--shots", type=IntRange(min=1), default=None,
+              help="At most this many shots (neighbouring events are joined).")
 @click.option("--characters", type=click.Path(path_type=Path), default=None,
-              help="Characters file: name → {token, class_word, embedding, body, aliases} [default: found in the text].")
+              help="Characters file: name → {token, class_word, embedding, body, aliases} "
+                   "[default: found in the text].")
 @click.option("--style", default="", help="The story's visual style; every caption ends with it.")
 @click.option("--title", default=None, help="The story's title [default: the passage's title line, or its file name].")
 @click.option("--width", type=int, default=512, show_default=True, help="Frame width (multiple of 8).")
@@ -73,82 +52,65 @@ def report_path(out: Path) -> Path:
                    "then OPENAI_API_KEY].")
 @click.option("--llm-model-path", type=click.Path(path_type=Path), default=None,
               help="--llm local: folder of a transformers chat model (safetensors) [env STORYREEL_LLM_MODEL_PATH].")
-@click.option("--llm-max-new-tokens", type=int, default=400, show_default=True,
+@click.option("--llm-max-new-tokens", type=IntRange(min=1), default=400, show_default=True,
               help="--llm local: the longest answer generated, in tokens.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Answer cache of the openai backend [default: ~/.cache/storyreel/llm].")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the answer cache.")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds per LLM request.")
-@click.option("--retries", type=int, default=None, help="LLM attempts after the first, per shot [default: openai 3, local 1].")
-@click.option("--backoff", type=float, default=1.0, show_default=True,
+@click.option("--timeout", type=FloatRange(min=0, min_open=True, unit="seconds"), default=60.0, show_default=True,
+              help="Seconds per LLM request.")
+@click.option("--retries", type=IntRange(min=0), default=None,
+              help="LLM attempts after the first, per shot [default: openai 3, local 1].")
+@click.option("--backoff", type=FloatRange(min=0, unit="seconds"), default=1.0, show_default=True,
               help="Seconds before the first retry (doubled for each next one).")
-@click.option("--quiet", is_flag=True, help="Print only errors.")
-def main(passage, out, backend, shots, characters, style, title, width, height, frames, fps, steps, seed,
-         negative_prompt, llm_base_url, llm_model, llm_api_key_env, llm_model_path, llm_max_new_tokens, cache_dir,
-         no_cache, timeout, retries, backoff, quiet):
+@quiet_option("Print only errors.")
+def main(**options):
     """Plan PASSAGE (a prose text file) into a storyboard: shots, motion queries, weighted captions."""
-    from storyreel.atomic_files import write_json
-    from storyboard.errors import StoryboardError, problems_from_validation_error
-    from storyboard.format import DEFAULT_NEGATIVE_PROMPT, Defaults
+    job = PlanStoryJob(**options)
+    job.validate()  # PlanStoryJobError: "error: --width: ..." (exit 2), nothing read or written
+    run(job)
+
+
+def run(job: PlanStoryJob) -> None:
+    """Plan a validated job: read the passage and the characters file, plan, then write the storyboard and its
+    report (both atomically, only once everything has been planned)."""
+    from storyboard.errors import StoryboardError
     from storyboard.loading import save_storyboard
     from storyboard.openai_planner import PlannerSetupError
     from storyboard.passage_split import PassageError, read_passage
     from storyboard.planner import make_planner, plan_passage
     from storyboard.story_characters import load_characters_file
+    from storyreel.atomic_files import write_json
 
     started = time.monotonic()
-    if shots is not None and shots < 1:
-        _fail(f"--shots: must be at least 1, got {shots}")
-    if not timeout > 0:
-        _fail(f"--timeout: must be more than 0 seconds, got {timeout:g}")
-    if retries is not None and retries < 0:
-        _fail(f"--retries: must be 0 or more, got {retries}")
-    if backoff < 0:
-        _fail(f"--backoff: must be 0 or more seconds, got {backoff:g}")
-    if llm_max_new_tokens < 1:
-        _fail(f"--llm-max-new-tokens: must be at least 1, got {llm_max_new_tokens}")
-    try:
-        defaults = Defaults(width=width, height=height, frames=frames, fps=fps, steps=steps, seed=seed,
-                            negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt)
-    except ValidationError as exc:
-        problem = problems_from_validation_error(exc, Defaults.model_json_schema())[0]
-        _fail(f"{_DEFAULT_FLAGS.get(problem.path, problem.path)}: {problem.message}")
-    if out.exists() and out.is_dir():
-        _fail(f"--out {out}: is a folder; give the storyboard file to write")
-    if passage.exists() and out.resolve() == passage.resolve():
-        _fail(f"--out {out}: would overwrite a passage; give a .json storyboard file")
-
+    passage, out, characters = Path(job.passage), Path(job.out), job.characters
     try:
         text = read_passage(passage)
     except PassageError as exc:
-        _fail(f"{passage}: {exc}")
+        fail(f"{passage}: {exc}")
     cast = None
     if characters is not None:
         try:
             cast, _ = load_characters_file(characters)
         except StoryboardError as exc:
-            _fail(str(exc).replace("\n", "\nerror: "))
-    options = {"base_url": llm_base_url, "model": llm_model, "api_key_env": llm_api_key_env, "timeout": timeout,
-               "retries": retries, "backoff": backoff, "model_path": llm_model_path,
-               "max_new_tokens": llm_max_new_tokens,
-               "cache_dir": None if no_cache else (cache_dir if cache_dir is not None else _default_cache())}
+            fail(str(exc).replace("\n", "\nerror: "))
     try:
-        planner = make_planner(backend, **options)
+        planner = make_planner(job.backend, **job.planner_options())
     except PlannerSetupError as exc:
-        _fail(f"--llm {backend or 'openai'}: {exc}")
+        fail(f"--llm {job.backend or 'openai'}: {exc}")
 
     try:
-        story, report = plan_passage(text.text, title=title or text.title or _title_from(passage), cast=cast,
-                                     style=style, shots=shots, defaults=defaults, planner=planner)
+        story, report = plan_passage(text.text, title=job.title or text.title or _title_from(passage), cast=cast,
+                                     style=job.style, shots=job.shots, defaults=job.story_defaults(), planner=planner)
     except StoryboardError as exc:               # the plan itself does not validate: a planner bug, say so
-        _fail(f"the planned storyboard is invalid: {exc}")
+        fail(f"the planned storyboard is invalid: {exc}")
     if cast is not None and characters is not None:
-        story = _with_embedding_paths(story, characters)
+        story = _with_embedding_paths(story, Path(characters))
     report = {"passage": str(passage), "storyboard": str(out), **report,
               "seconds": round(time.monotonic() - started, 3)}
     save_storyboard(story, out)
     write_json(report_path(out), report)
-    if not quiet:
+    if not job.quiet:
         for record in report["shots"]:
             shot = next(s for s in story.shots if s.id == record["shot"])
             note = f" (fell back: {record['fallback']})" if record["fallback"] else ""
@@ -158,12 +120,6 @@ def main(passage, out, backend, shots, characters, style, title, width, height, 
         click.echo(f"planned {counts['shots']} shots ({', '.join(f'{k} {v}' for k, v in counts['by_backend'].items())}"
                    f"; {counts['fallbacks']} fallbacks, {counts['requests']} requests, {counts['cache_hits']} "
                    f"cached) → {out}, report {report_path(out)}")
-
-
-def _default_cache():
-    from storyboard.openai_planner import default_cache_dir
-
-    return default_cache_dir()
 
 
 def _title_from(passage: Path) -> str:

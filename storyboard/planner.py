@@ -111,7 +111,7 @@ def make_planner(backend: str | None = None, *, base_url: str | None = None, mod
                                 cache_dir=default_cache_dir() if cache_dir is _UNSET else cache_dir,
                                 give_up_after=give_up_after)
         return OpenAIPlanner(config, **({"sleep": sleep} if sleep is not None else {}))
-    from storyboard.local_planner import LocalPlanner  # noqa: PLC0415
+    from storyboard.local_planner import LocalPlanner
 
     path = model_path or os.environ.get(ENV_MODEL_PATH)
     if not path:

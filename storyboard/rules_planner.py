@@ -21,9 +21,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from storyboard.caption_weights import CHARACTER_WEIGHT, SECOND_WEIGHT, SETTING_WEIGHT, plain_words, weighted
-from storyboard.motion_lexicon import (CLAUSE_WORDS, DETERMINERS, OBJECTS, PREPOSITIONS, SETTINGS,
-                                       SPEED_WORDS, STOP_WORDS, SUBJECT_PRONOUNS, Action, Place, being_for,
-                                       gerund, verb_lemma)
+from storyboard.motion_lexicon import (
+    CLAUSE_WORDS,
+    DETERMINERS,
+    OBJECTS,
+    PREPOSITIONS,
+    SETTINGS,
+    SPEED_WORDS,
+    STOP_WORDS,
+    SUBJECT_PRONOUNS,
+    Action,
+    Place,
+    being_for,
+    gerund,
+    verb_lemma,
+)
 from storyboard.shot_plan import PlanOutcome, ShotAnalysis, ShotPlan, ShotRequest
 from storyboard.story_characters import CastMember, mentions
 from storyboard.verb_phrases import Token, VerbHit, find_verbs, tokenize

@@ -30,8 +30,16 @@ from pydantic import Field, RootModel, ValidationError, field_validator
 from storyboard.errors import Problem, StoryboardError, custom_error, describe, problems_from_validation_error
 from storyboard.format import NAME_PATTERN, Character
 from storyboard.loading import read_json_file
-from storyboard.motion_lexicon import (BEINGS, HUMAN_NOUNS, IRREGULAR, PREPOSITIONS, STOP_WORDS, being_for,
-                                       body_for_class_word, verb_lemma)
+from storyboard.motion_lexicon import (
+    BEINGS,
+    HUMAN_NOUNS,
+    IRREGULAR,
+    PREPOSITIONS,
+    STOP_WORDS,
+    being_for,
+    body_for_class_word,
+    verb_lemma,
+)
 from storyboard.verb_phrases import tokenize
 
 DEFAULT_BODY = "a person"

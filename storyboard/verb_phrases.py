@@ -11,8 +11,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from storyboard.motion_lexicon import (ACTIONS, ADJECTIVES_BEFORE_NOUNS, IRREGULAR, NEGATIONS, NOT_VERBS,
-                                       PREPOSITIONS, SUBJECT_PRONOUNS, Action, being_for, stem, verb_lemma)
+from storyboard.motion_lexicon import (
+    ACTIONS,
+    ADJECTIVES_BEFORE_NOUNS,
+    IRREGULAR,
+    NEGATIONS,
+    NOT_VERBS,
+    PREPOSITIONS,
+    SUBJECT_PRONOUNS,
+    Action,
+    being_for,
+    stem,
+    verb_lemma,
+)
 
 _LETTERS = r"[^\W\d_]+"                 # letters of any script: Zoë, Pétur
 _TOKEN = re.compile(rf"{_LETTERS}(?:['\u2019]{_LETTERS})*['\u2019]?|[0-9]+|[.,;:!?\u2026\u2014\"\u201c\u201d()]")

@@ -15,7 +15,6 @@ from typing import Iterator
 
 import numpy as np
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -19,6 +19,15 @@ class ModelLoadError(StoryreelError, RuntimeError):
     """A model that cannot be built or loaded; the message says which and what to do instead."""
 
 
+class OptionError(StoryreelError, ValueError):
+    """A command-line option that cannot be used; the message starts with the option (``--out: ...``)."""
+
+    def __init__(self, flag: str, detail: str, separator: str = ": "):
+        self.flag = flag
+        self.detail = detail
+        super().__init__(f"{flag}{separator}{detail}")
+
+
 def first_line(exc: BaseException, limit: int | None = 300) -> str:
     """The first line of an exception's message (at most ``limit`` characters; None: all of it), or its
     type's name when it has no message."""

@@ -48,9 +48,12 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: int 
             stream.width, stream.height = width, height
             stream.pix_fmt = "yuv420p"
             # A story must be reproducible, and x264 was not: its frame threads made other decisions on a
-            # busy machine (one thread never did), and left to the encoder, the RGB -> yuv420p conversion
-            # differed from call to call (up to 23 grey levels once decoded). Both are fixed here.
-            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+            # busy machine (one thread never did); left to the encoder, the RGB -> yuv420p conversion
+            # differed from call to call (up to 23 grey levels once decoded); and with the same YUV input
+            # in one thread, its macroblock tree gave other files for short clips when the heap was laid
+            # out differently (8 frames of 64x64: 3 files in 200 encodes, up to 27 grey levels apart once
+            # decoded; 1 file in 400 with mbtree=0). All three are fixed here.
+            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "mbtree=0"}
             for frame in frames:
                 yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
                 for packet in stream.encode(yuv):

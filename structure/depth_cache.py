@@ -101,7 +101,7 @@ class DepthCache:
             with np.load(path, allow_pickle=False) as data:
                 stored = json.loads(str(data["record"][()]))
                 raw = np.asarray(data["raw"])
-        except Exception as exc:  # zip, format and JSON errors all mean the same: unusable
+        except Exception as exc:  # noqa: BLE001 (zip, format and JSON errors all mean the same: unusable)
             problem = f"{type(exc).__name__}: {exc}"
         else:
             width, height = record["size"]

@@ -2,6 +2,8 @@
 
 Model specs (what ``--models`` takes):
 
+* a model preset of :mod:`storyreel.models.presets`, meaning its depth model (:func:`resolve_depth_model`):
+  ``sd15`` → ``dpt-hybrid``, ``tiny`` → ``tiny``, ``sd15-random`` → ``dpt-hybrid-random``.
 * ``dpt-hybrid`` (default): ``Intel/dpt-hybrid-midas``, MiDaS v3 DPT-Hybrid, the depth model
   Animate-A-Story used. Its ``main`` branch holds only a pickle checkpoint, so the preset loads the
   safetensors conversion of the same weights from the repository's ``refs/pr/5`` revision.
@@ -42,6 +44,7 @@ import torch
 from storyreel.devices import default_device
 from storyreel.errors import ModelLoadError, first_line
 from storyreel.hashing import weights_fingerprint
+from storyreel.models.presets import PRESETS as MODEL_PRESETS
 from storyreel.seeding import seeded
 from storyreel.weights_policy import PICKLE_REFUSAL, PICKLE_SUFFIXES
 
@@ -227,13 +230,21 @@ def _check_local_folder(folder: Path) -> None:
         )
 
 
+def resolve_depth_model(spec: str | None) -> str:
+    """The depth model a ``--models`` value names: a model preset (``sd15``, ``tiny``, ``sd15-random``) means its
+    depth model; anything else (a depth preset, a Hugging Face id, a folder) is itself. Loads nothing."""
+    spec = (spec or "").strip()
+    return MODEL_PRESETS[spec].depth_model if spec in MODEL_PRESETS else spec
+
+
 def load_depth_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = None,
                      dtype: torch.dtype | None = None, batch_size: int = 8, progress: bool = True) -> DepthEstimator:
-    """Build the :class:`DepthEstimator` for ``spec`` (see the module docstring).
+    """Build the :class:`DepthEstimator` for ``spec`` (see the module docstring; a model preset means its depth
+    model, and the estimator is named after that model).
 
     ``dtype`` defaults to float16 on CUDA and float32 on CPU. Raises :class:`DepthModelLoadError`.
     """
-    spec = (spec or "").strip()
+    spec = resolve_depth_model(spec)
     if not spec:
         raise DepthModelLoadError(f"empty depth model spec; use one of {', '.join(PRESET_NAMES)}, "
                                   "a Hugging Face id or a local folder")

@@ -6,9 +6,9 @@ raises :class:`InvalidArgumentError` (a ``ValueError``) whose ``argument`` says 
 
 from __future__ import annotations
 
-from storyreel.errors import StoryreelError
-
 import re
+
+from storyreel.errors import StoryreelError
 
 # The render works in SD1.5 latents, 8 pixels per latent cell.
 SIZE_MULTIPLE = 8

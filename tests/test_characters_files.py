@@ -10,8 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from characters import (CharacterFileError, CharacterSet, CharacterTokenError, export_textual_inversion,
-                        load_character, save_character)
+from characters import (
+    CharacterFileError,
+    CharacterSet,
+    CharacterTokenError,
+    export_textual_inversion,
+    load_character,
+    save_character,
+)
 from characters.character_file import TABLE_KEY, Character
 from characters.character_set import base_signature
 from characters.training import TrainingSettings, train_character
@@ -157,8 +163,7 @@ def test_pickles_and_other_content_are_refused_naming_the_file(trained, tmp_path
 
 
 def test_a_file_for_another_base_model_is_refused_naming_file_and_models(components, base_model, tmp_path):
-    from storyreel.models.loading import load_render_components
-    from storyreel.models.loading import base_model_record
+    from storyreel.models.loading import base_model_record, load_render_components
 
     sd15 = load_render_components("sd15-random", device="meta")  # shapes only: the real SD1.5 architecture
     module = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"

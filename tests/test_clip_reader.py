@@ -100,7 +100,8 @@ def test_unreadable_inputs_raise_decode_errors_naming_the_file(tmp_path):
     text.write_text("this is not a video\n" * 50)
     folder = tmp_path / "folder.mp4"
     folder.mkdir()
-    for path, reason in [(empty, "empty"), (text, "cannot open"), (folder, "folder"), (tmp_path / "gone.mp4", "no such")]:
+    cases = [(empty, "empty"), (text, "cannot open"), (folder, "folder"), (tmp_path / "gone.mp4", "no such")]
+    for path, reason in cases:
         with pytest.raises(VideoDecodeError, match=reason) as err:
             probe_video(path)
         assert err.value.path == str(path)

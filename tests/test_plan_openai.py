@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from scripted_chat_server import Reply, ScriptedChatServer, answer, good_answer, good_plan, shot_of, status
+
 from storyboard import load_storyboard
 from storyboard.caption_weights import caption_weights_parse
 from storyboard.plan_cli import main as plan_main
@@ -49,7 +49,8 @@ def endpoint(server, tmp_path, **options):
 
 
 def plan(server, tmp_path, cast, text=PASSAGE, **options):
-    return plan_passage(text, title="Race", cast=cast, style="watercolour", planner=endpoint(server, tmp_path, **options))
+    return plan_passage(text, title="Race", cast=cast, style="watercolour",
+                        planner=endpoint(server, tmp_path, **options))
 
 
 def test_good_answers_are_used_and_a_second_plan_is_answered_from_the_cache(tmp_path, cast):

@@ -67,7 +67,8 @@ def test_tiny_is_deterministic_and_leaves_the_global_rng_alone(components):
     assert _full_hash(alone["controlnet"]) == _full_hash(components.controlnet)
     assert _full_hash(alone["vae"]) == _full_hash(components.vae)
     # a different preset seed gives different weights (the hash would notice a change)
-    other = architectures._build_preset(architectures.TINY_CONFIGS, architectures.TINY_SEED + 1, None, {"controlnet"}, True, True)
+    other = architectures._build_preset(architectures.TINY_CONFIGS, architectures.TINY_SEED + 1, None, {"controlnet"},
+                                        True, True)
     assert _full_hash(other["controlnet"]) != _full_hash(components.controlnet)
 
 
@@ -118,7 +119,8 @@ def test_tokenizer_equals_the_real_sd15_tokenizer_files(shared_data):
 
 def test_tiny_controlnet_is_perturbed_and_depth_changes_the_render(components, tiny_pipeline):
     embedding = components.controlnet.controlnet_cond_embedding
-    for conv in (embedding.conv_out, *components.controlnet.controlnet_down_blocks, components.controlnet.controlnet_mid_block):
+    controlnet = components.controlnet
+    for conv in (embedding.conv_out, *controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
         assert conv.weight.abs().sum() > 0  # zero-initialised in a fresh ControlNet
     near = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     far = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -189,7 +191,8 @@ def test_sd15_random_configs_match_the_real_files(shared_data):
     checks = {
         "unet": _compare(load(f"{SD15_DIR}/unet/config.json"), architectures.SD15_UNET_CONFIG,
                          _class_defaults(UNet2DConditionModel)),
-        "vae": _compare(load(f"{SD15_DIR}/vae/config.json"), architectures.SD15_VAE_CONFIG, _class_defaults(AutoencoderKL)),
+        "vae": _compare(load(f"{SD15_DIR}/vae/config.json"), architectures.SD15_VAE_CONFIG,
+                        _class_defaults(AutoencoderKL)),
         "text_encoder": _compare(load(f"{SD15_DIR}/text_encoder/config.json"), architectures.SD15_TEXT_ENCODER_CONFIG,
                                  text_defaults),
         # v1-5-3 is v1-5-2 without the motion mid block

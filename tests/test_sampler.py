@@ -9,7 +9,6 @@ import torch
 
 from render.context_windows import context_windows, window_weights
 from render.control_schedule import step_scales
-from storyreel.models.loading import load_render_components
 from render.sampler import StructureGuidedSampler, sample_video
 from structure.conditioning import controlnet_condition
 
@@ -297,8 +296,8 @@ def test_vae_slicing_and_windowed_frame_scales(components, cond):
 def test_cpu_offload_places_each_model_for_its_phase(components, cond):
     """Under CPU offload every model runs only while the sampler has put it on the execution device, the
     models go back to the offload device at the end, and the video is the same as without offload."""
-    from storyreel.models.offload import ModelOffload
     from render.sampler import StructureGuidedSampler
+    from storyreel.models.offload import ModelOffload
 
     expected = StructureGuidedSampler(components)("a hare", conditioning=cond, steps=3, seed=3,
                                                   output_type="latent").latents

@@ -67,7 +67,8 @@ def test_join_prefers_the_split_label_folder_and_the_trimmed_name(tmp_path, kine
 @pytest.mark.parametrize("content,message", [
     ("label,youtube_id,split\nabseiling,abc,val\n", "missing column(s) time_start, time_end"),
     ("", "missing column(s) youtube_id"),
-    ("label,youtube_id,time_start,time_end,split\nabseiling,abc,ten,20,val\n", ":2: field 'time_start' is not a number"),
+    ("label,youtube_id,time_start,time_end,split\nabseiling,abc,ten,20,val\n",
+     ":2: field 'time_start' is not a number"),
     ("label,youtube_id,time_start,time_end,split\nabseiling,,10,20,val\n", ":2: field 'youtube_id' is empty"),
 ])
 def test_malformed_csv_names_the_file_and_field(tmp_path, content, message):

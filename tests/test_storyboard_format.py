@@ -10,9 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from storyboard import (DEFAULT_NEGATIVE_PROMPT, Storyboard, StoryboardError, derive_seed, frames_for_duration,
-                        load_storyboard, parse_storyboard, save_storyboard, storyboard_json_schema,
-                        unique_safe_ids)
+from storyboard import (
+    DEFAULT_NEGATIVE_PROMPT,
+    Storyboard,
+    StoryboardError,
+    derive_seed,
+    frames_for_duration,
+    load_storyboard,
+    parse_storyboard,
+    save_storyboard,
+    storyboard_json_schema,
+    unique_safe_ids,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FABLE = REPO / "data" / "examples" / "fable.json"

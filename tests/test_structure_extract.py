@@ -163,9 +163,9 @@ def test_time_ranges_outside_the_clip_name_the_argument(real_clips, tiny):
 def test_frame_counts_and_sizes_name_the_argument(real_clips, tiny):
     source = (real_clips / SOCCER, 1.0, 2.0)
     for frames in (0, -3, 2.5):
-        assert _argument_of(lambda: extract_depth(source, frames=frames, estimator=tiny)) == "frames"
+        assert _argument_of(lambda frames=frames: extract_depth(source, frames=frames, estimator=tiny)) == "frames"
     for size in ((500, 512), (512, 284), (0, 64)):
-        assert _argument_of(lambda: extract_depth(source, size=size, estimator=tiny)) == "size"
+        assert _argument_of(lambda size=size: extract_depth(source, size=size, estimator=tiny)) == "size"
     assert _argument_of(lambda: extract_depth(source, fps=0, estimator=tiny)) == "fps"
     assert _argument_of(lambda: extract_depth(source, smoothing=-1.0, estimator=tiny)) == "smoothing"
     assert _argument_of(lambda: extract_depth(42, estimator=tiny)) == "source"

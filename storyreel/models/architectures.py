@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import logging
 
 import torch

@@ -440,7 +440,7 @@ def load_component(name: str, source: ComponentSource, dtype: torch.dtype = torc
             try:
                 return _from_pretrained(name, source.location, source.subfolder, source.revision, "fp16", dtype,
                                         local=False)
-            except Exception:
+            except Exception:  # noqa: BLE001 (the first error is the one to report)
                 pass
         raise _load_error(name, source, exc) from exc
 

@@ -1,0 +1,205 @@
+"""One shot, from its chosen footage to its files: depth → prompt → structure-guided sampling → mp4, gif, preview.
+
+:class:`ShotRenderer` loads the models on first use (a rerun with nothing to render loads nothing) and renders
+shot after shot; it runs in the story driver's process (``--engine local``) or in a Ray actor
+(:mod:`render.ray_engine`), so what it needs besides the shot is a picklable :class:`RenderSettings`. It returns
+the shot's :class:`render.shot_sidecar.ShotSidecar`; the driver adds its retrieval time and writes it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from render.shot_sidecar import CODE_VERSION, CharacterUse, DepthRecord, Segment, ShotSidecar, WorkerRecord, shot_files
+from storyreel.atomic_files import atomic_path
+
+PREVIEW_FRAMES = 3  # retrieved frames (and their depth) kept for the storyboard sheet
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """What a shot renderer needs besides the shot (picklable: Ray workers get a copy)."""
+
+    models: str
+    depth_model: str
+    device: str | None
+    cpu_offload: bool
+    out: Path
+    progress: bool
+    characters: tuple[tuple[str, str, str], ...] = ()  # (name, character file, token), loaded once
+
+
+@dataclass
+class _Prompts:
+    """Step 2's result: the encoded prompt pair, the characters' per-step hook and what the sidecar records."""
+
+    text: str
+    cond: object
+    uncond: object
+    per_step: object | None
+    characters: dict[str, CharacterUse]
+
+
+class ShotRenderer:
+    """Renders shots whose segment is chosen; loads the models on first use (a no-op rerun loads nothing)."""
+
+    def __init__(self, settings: RenderSettings):
+        self.settings = settings
+        self._components = None
+        self._depth = None
+        self._characters = None
+
+    @property
+    def components(self):
+        return self._components
+
+    def load(self):
+        if self._components is None:
+            from storyreel.models.loading import load_render_components
+            from structure.depth_models import load_depth_model
+
+            s = self.settings
+            components = load_render_components(s.models, device=s.device)
+            if s.cpu_offload:
+                components.enable_model_cpu_offload()
+            self._depth = load_depth_model(s.depth_model, device=components.device, progress=False)
+            if s.characters:
+                self._characters = load_characters(components, s.characters)
+            self._components = components
+        return self._components, self._depth
+
+    def render(self, shot, segment: Segment, settings_hash: str) -> ShotSidecar:
+        """Depth of ``segment`` → structure-guided render → the shot's mp4, gif and preview; returns its sidecar."""
+        from structure.extract import extract_depth
+
+        components, estimator = self.load()
+        timings = {}
+
+        # 1. depth of the footage
+        t0 = time.perf_counter()
+        depth = extract_depth(segment.range, frames=shot.frames, size=shot.size, estimator=estimator,
+                              cache=self.settings.out / "cache" / "depth", fps=shot.fps)
+        timings["depth"] = time.perf_counter() - t0
+
+        # 2. encode the prompt (compel) and the characters' per-step embeddings
+        t0 = time.perf_counter()
+        prompts = self._encode_prompts(shot)
+
+        # 3. structure-guided sampling
+        frames, controlnet_calls = self._sample(shot, prompts, depth)
+        timings["render"] = time.perf_counter() - t0
+
+        # 4. write preview, gif, mp4
+        t0 = time.perf_counter()
+        self._write_files(shot, segment, depth, frames)
+        timings["write"] = time.perf_counter() - t0
+
+        # 5. the sidecar
+        return ShotSidecar(
+            settings_hash=settings_hash, code_version=CODE_VERSION, shot=shot.id, safe_id=shot.safe_id,
+            query=shot.motion_query, segment=segment, prompt=prompts.text, negative_prompt=shot.negative_prompt,
+            prompt_weighting="compel", characters=prompts.characters, seed=shot.seed, tau=shot.tau, steps=shot.steps,
+            guidance=shot.guidance, scheduler=shot.scheduler, frames=shot.frames, fps=shot.fps, width=shot.width,
+            height=shot.height, controlnet_calls=controlnet_calls,
+            depth=DepthRecord(model=self.settings.depth_model, source=depth.source, settings=depth.settings),
+            models=components.record(), settings=shot.to_dict(),
+            timings_s={k: round(v, 3) for k, v in timings.items()},
+            worker=WorkerRecord(host=socket.gethostname(), pid=os.getpid(), device=str(components.device)),
+            rendered_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+
+    def _encode_prompts(self, shot) -> _Prompts:
+        """The render prompt (caption and style) and the negative prompt through compel ((word)1.3, word++,
+        more than 77 tokens), with the shot's characters switched on."""
+        from render.prompt_weighting import WeightedPromptEncoder
+
+        components = self._components
+        prompt = with_style(shot.prompt, shot.style)
+        components.use("text_encoder")
+        encoder = WeightedPromptEncoder(components.tokenizer, components.text_encoder)
+        cond, uncond = encoder.encode_pair(prompt, shot.negative_prompt)
+        characters, per_step = self._activate_characters(shot, prompt, encoder)
+        return _Prompts(text=prompt, cond=cond, uncond=uncond, per_step=per_step, characters=characters)
+
+    def _sample(self, shot, prompts: _Prompts, depth) -> tuple[np.ndarray, int]:
+        """The shot's frames (``T x H x W x 3`` uint8) guided by ``depth``, and how many ControlNet calls it took."""
+        import torch
+        from tqdm import tqdm
+
+        from render.sampler import StructureGuidedSampler
+        from storyreel.models.schedulers import make_scheduler
+        from structure.conditioning import controlnet_condition
+
+        sampler = StructureGuidedSampler(self._components, scheduler=make_scheduler(shot.scheduler))
+        with tqdm(disable=not self.settings.progress, dynamic_ncols=True, total=shot.steps, desc=f"  {shot.id}",
+                  unit="step", leave=False) as steps:
+            result = sampler(prompt_embeds=prompts.cond, negative_prompt_embeds=prompts.uncond,
+                             prompt_embeds_for_step=prompts.per_step, conditioning=controlnet_condition(depth),
+                             num_frames=shot.frames, height=shot.height, width=shot.width, steps=shot.steps,
+                             guidance_scale=shot.guidance, tau=shot.tau, seed=shot.seed, output_type="np",
+                             callback=lambda i, t, latents: steps.update(1))
+        frames = np.asarray(result.frames)
+        controlnet_calls = int(result.controlnet_calls)
+        del result
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return frames, controlnet_calls
+
+    def _write_files(self, shot, segment: Segment, depth, frames: np.ndarray) -> None:
+        """The preview (a few retrieved frames and their depth, for the sheet), then the gif and the mp4."""
+        from storyreel.video_files import write_gif, write_mp4
+        from structure.extract import read_source_frames
+
+        files = shot_files(self.settings.out, shot)
+        picks = np.linspace(0, shot.frames - 1, PREVIEW_FRAMES).round().astype(int)
+        retrieved = read_source_frames(segment.range, frames=PREVIEW_FRAMES, size=shot.size)
+        with atomic_path(files["preview"]) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, retrieved=retrieved,
+                                    depth=(depth.depth[picks] * 255).round().astype(np.uint8))
+        write_gif(frames, files["gif"], shot.fps)
+        write_mp4(frames, files["mp4"], shot.fps)
+
+    def _activate_characters(self, shot, prompt: str, encoder) -> tuple[dict[str, CharacterUse], object]:
+        """Turn on the LoRA of each trained character of the shot (at its storyboard scale, the others off)
+        and make the per-step hook that embeds their tokens with the TimeInv row of each timestep."""
+        if self._characters is None:
+            return {}, None
+        from characters import per_step_embeddings
+
+        scales = {c.name: c.scale for c in shot.characters if c.name in self._characters}
+        self._characters.activate(scales)
+        in_prompt = self._characters.characters_in(prompt)
+        record = {name: CharacterUse(scale=scale, token=self._characters[name].token, in_prompt=name in in_prompt)
+                  for name, scale in scales.items()}
+        if not in_prompt and not self._characters.characters_in(shot.negative_prompt):
+            return record, None
+        hook = per_step_embeddings(self._characters, None, prompt, shot.negative_prompt,
+                                   encode_pair=encoder.encode_pair)
+        return record, hook
+
+
+def with_style(prompt: str, style: str) -> str:
+    """The render prompt: the caption, then the story's style unless the caption already has it (planned
+    captions end with it; adding it twice would weight it twice)."""
+    if not style or style.strip().lower() in prompt.lower():
+        return prompt
+    return f"{prompt}, {style}"
+
+
+def load_characters(components, characters: tuple[tuple[str, str, str], ...]):
+    """A :class:`characters.CharacterSet` on ``components`` with each ``(name, file, token)`` loaded once: its
+    token registered and its LoRA a named adapter. A file made for another base model is refused here."""
+    from characters import CharacterSet, load_character
+    from storyreel.models.loading import base_model_record
+
+    character_set = CharacterSet(components, base_model=base_model_record(components))
+    for name, path, token in characters:
+        character_set.add(load_character(path), name=name, token=token)
+    return character_set

@@ -1,0 +1,134 @@
+"""A shot's files and its record: where a shot's files go under ``out/shots/``, and the sidecar.
+
+The sidecar (``shots/<safe_id>.json``, written after the shot's mp4) is a :class:`ShotSidecar`: the settings
+hash a rerun compares (:data:`CODE_VERSION` is part of that hash) and every decision made for the shot: its
+footage (:class:`Segment`), prompt, characters, sampling settings, depth and models. Its JSON is made and read
+here only (:meth:`ShotSidecar.to_json`, :meth:`ShotSidecar.from_json`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from storyreel.atomic_files import write_json
+
+CODE_VERSION = 2  # bump when a change in the render changes a shot's pixels (it is part of every settings hash)
+
+
+def shot_files(out: Path, shot) -> dict[str, Path]:
+    """A shot's files under ``out/shots/``, named by its safe id."""
+    base = Path(out) / "shots" / shot.safe_id
+    return {"mp4": base.with_suffix(".mp4"), "gif": base.with_suffix(".gif"),
+            "sidecar": base.with_suffix(".json"), "preview": Path(f"{base}.preview.npz")}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A shot's footage: the retrieved segment (``source="retrieval"``) or the shot's clip override
+    (``source="clip_override"``: no segment id, score or label). ``path``, ``start`` and ``end`` are all that
+    :func:`retrieval.reranking.overlaps` needs, so segments are the avoid list of the next search."""
+
+    source: str
+    segment_id: int | None
+    path: str
+    start: float
+    end: float
+    score: float | None
+    label: str | None
+
+    @property
+    def range(self) -> tuple[str, float, float]:
+        """``(path, start, end)``: the footage as a :func:`structure.extract.resolve_source` source."""
+        return (self.path, self.start, self.end)
+
+
+@dataclass(frozen=True)
+class CharacterUse:
+    """A trained character in a shot: its LoRA scale, its token and whether the prompt names it."""
+
+    scale: float
+    token: str
+    in_prompt: bool
+
+
+@dataclass(frozen=True)
+class DepthRecord:
+    """The depth the shot was guided by: the depth model, and the sequence's own source and settings."""
+
+    model: str
+    source: dict
+    settings: dict
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """Where the shot was rendered."""
+
+    host: str
+    pid: int
+    device: str
+
+
+@dataclass(frozen=True)
+class ShotSidecar:
+    """Everything recorded for a rendered shot (the JSON keys are the field names, in this order)."""
+
+    settings_hash: str
+    code_version: int
+    shot: str
+    safe_id: str
+    query: str | None
+    segment: Segment
+    prompt: str
+    negative_prompt: str
+    prompt_weighting: str
+    characters: dict[str, CharacterUse]
+    seed: int
+    tau: float
+    steps: int
+    guidance: float
+    scheduler: str
+    frames: int
+    fps: float
+    width: int
+    height: int
+    controlnet_calls: int
+    depth: DepthRecord
+    models: dict | None  # the render components' record; None in a report's shot entries (kept once at the top)
+    settings: dict
+    timings_s: dict[str, float]
+    worker: WorkerRecord
+    rendered_at: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ShotSidecar:
+        """The sidecar of ``data``; KeyError or TypeError when a key is missing or unknown."""
+        values = {f.name: data[f.name] for f in fields(cls)}
+        if set(data) - set(values):
+            raise KeyError(f"unknown sidecar keys {sorted(set(data) - set(values))}")
+        values.update(segment=Segment(**data["segment"]), depth=DepthRecord(**data["depth"]),
+                      worker=WorkerRecord(**data["worker"]),
+                      characters={name: CharacterUse(**use) for name, use in data["characters"].items()})
+        return cls(**values)
+
+    @classmethod
+    def read(cls, path: Path) -> ShotSidecar | None:
+        """The sidecar at ``path``; None when it is missing or is not a sidecar (the shot is rendered again)."""
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.to_json())
+
+    def with_retrieval_time(self, retrieval_s: float) -> ShotSidecar:
+        """The timings with the driver's retrieval time first and their total last."""
+        timings = {"retrieval": round(retrieval_s, 3), **self.timings_s}
+        timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 3)
+        return replace(self, timings_s=timings)
