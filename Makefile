@@ -38,11 +38,14 @@ demo: install
 	  --character hare=$(DEMO)/characters/hare.safetensors
 	$(BIN)/plan-story data/examples/fox-and-grapes.txt --out $(DEMO)/fox/story.json --llm rules \
 	  --style "watercolour storybook illustration" --width 256 --height 256 --frames 16 --steps 10
-	$(BIN)/render-story $(DEMO)/fox/story.json --index $(DEMO)/index --out $(DEMO)/fox/render --models tiny
+	$(BIN)/fetch-models tiny --out $(DEMO)/models --quiet
+	$(BIN)/render-story $(DEMO)/fox/story.json --index $(DEMO)/index --out $(DEMO)/fox/render \
+	  --model-config $(DEMO)/models/models.toml
 	@echo "demo outputs are in $(DEMO)/: index/, top.png (search), depth.npz, depth.gif, depth.png (structure),"
 	@echo "  characters/hare.safetensors (a tiny TimeInv + LoRA character trained on data/reference_images/hare),"
 	@echo "  story/ (story.mp4, storyboard.png, report.json, shots/*.mp4|gif: the example storyboard with the hare),"
-	@echo "  fox/ (story.json + story.plan.json planned from a passage by the rules planner, render/ its video)"
+	@echo "  fox/ (story.json + story.plan.json planned from a passage by the rules planner, render/ its video,"
+	@echo "  rendered offline from models/: the tiny preset's components as fetch-models writes them)"
 
 clean:
 	rm -rf $(DEMO) data/sample_clips data/reference_images

@@ -14,6 +14,10 @@ depth through the structure stage, VAE encoding), and peak memory per mode: on C
 millisecond (``/proc/self/statm``) while the mode's trainer is built and runs, and how much of it came
 on top of the loaded models.
 
+The models are chosen with the model zoo's flags (``--models``, ``--model-config``, ``--base``,
+``--motion-adapter``, ``--controlnet``, ``--vae``, ``--depth-model``: :mod:`storyreel.models.model_options`);
+with neither ``--models`` nor ``--model-config`` the bench runs ``tiny``.
+
 Run (from the repository root)::
 
     .venv/bin/python bench/character_training.py                       # tiny, CPU, 64x64x16 frames
@@ -23,18 +27,23 @@ Run (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import click
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from storyreel.command_line import IntRange, command  # noqa: E402 (after the repository is on the path)
+from storyreel.models.model_options import model_options, model_specification  # noqa: E402
+
 MODES = {"plain": False, "checkpointing": True}
-DEPTH_MODELS = {"tiny": "tiny", "sd15": "dpt-hybrid", "sd15-random": "dpt-hybrid-random"}
+BENCH_PRESET = "tiny"  # without --models and --model-config
 
 
 def reference_images(resolution: int):
@@ -56,7 +65,8 @@ def reference_images(resolution: int):
     return images
 
 
-def setup(args):
+def setup(args, specification):
+    """The render's components and the depth model of ``specification``, and the mixed precision to train in."""
     import torch
 
     from storyreel.models.loading import load_render_components
@@ -70,8 +80,8 @@ def setup(args):
     if precision == "auto":
         precision = "fp16" if device.type == "cuda" else "no"
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    components = load_render_components(args.models, device=device, dtype=dtype)
-    depth = load_depth_model(DEPTH_MODELS.get(args.models, "tiny"), device=device, progress=False)
+    components = load_render_components(specification, device=device, dtype=dtype)
+    depth = load_depth_model(specification.depth_model_spec(), device=device, progress=False)
     return components, depth, precision
 
 
@@ -147,22 +157,25 @@ class RssPeak:
         self.peak_mb = max(self.peak_mb, self.now_mb())
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = parser.parse_args(argv)
+@command("character-training-bench", help=__doc__.splitlines()[0])
+@model_options()
+@click.option("--device", default=None)
+@click.option("--resolution", type=IntRange(min=8), default=64)
+@click.option("--frames", type=IntRange(min=1), default=16)
+@click.option("--rank", type=IntRange(min=1), default=8)
+@click.option("--steps", type=IntRange(min=1), default=10, help="timed steps per round")
+@click.option("--rounds", type=IntRange(min=1), default=5)
+@click.option("--mixed-precision", type=click.Choice(["auto", "no", "fp16", "bf16"]), default="auto")
+@click.option("--threads", type=IntRange(min=1), default=None, help="torch intra-op threads (default: torch's)")
+def main(**options) -> None:
+    """Time character training steps with and without gradient checkpointing."""
+    args = SimpleNamespace(**options)
+    specification = model_specification(default_preset=BENCH_PRESET, **options)
+    specification.validate()  # "error: --base: ..." before anything loads
 
     import torch
 
-    components, depth, precision = setup(args)
+    components, depth, precision = setup(args, specification)
     device = components.device
     images = reference_images(args.resolution)
     times = {name: [] for name in MODES}
@@ -187,7 +200,7 @@ def main(argv=None) -> int:
             if name == "plain":
                 data.append(data_seconds / args.steps)
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"{args.models} on {device} ({precision} mixed precision), {args.resolution}x{args.resolution} x "
+    print(f"{components.preset} on {device} ({precision} mixed precision), {args.resolution}x{args.resolution} x "
           f"{args.frames} frames, batch 1, LoRA rank {args.rank}, {args.steps} steps x {args.rounds} rounds, "
           f"torch threads {torch.get_num_threads()}")
     for name in MODES:
@@ -202,8 +215,7 @@ def main(argv=None) -> int:
     if device.type == "cuda":  # on the CPU the allocator keeps freed memory: small differences are not resolved
         line += f"; checkpointing / plain (training part): {peak['checkpointing'][1] / peak['plain'][1]:.3f}"
     print(line)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -8,36 +8,49 @@ step count, decoding to frames, in alternating rounds in one process; the median
 
 The tiny models make the loop's own overhead (Python, preprocessing, decoding) visible; on real weights
 (``--models sd15-random`` on a GPU) the UNet and ControlNet dominate and tau = 0.5 saves most of the
-ControlNet's share.
+ControlNet's share. The models are chosen with the model zoo's flags (``--models``, ``--model-config``,
+``--base``, ``--motion-adapter``, ``--controlnet``, ``--vae``: :mod:`storyreel.models.model_options`); with
+neither ``--models`` nor ``--model-config`` the bench runs ``tiny``.
 
 Run (from the repository root)::
 
     .venv/bin/python bench/sampler_overhead.py
     .venv/bin/python bench/sampler_overhead.py --size 64 --frames 16 --steps 20 --rounds 7
+    .venv/bin/python bench/sampler_overhead.py --model-config models/models.toml --device cuda   # fetch-models
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import click
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from storyreel.command_line import IntRange, command  # noqa: E402 (after the repository is on the path)
+from storyreel.models.model_options import model_options, model_specification  # noqa: E402
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = parser.parse_args(argv)
+BENCH_PRESET = "tiny"  # without --models and --model-config
+
+
+@command("sampler-overhead", help=__doc__.splitlines()[0])
+@model_options()
+@click.option("--device", default=None)
+@click.option("--size", type=IntRange(min=8), default=64)
+@click.option("--frames", type=IntRange(min=1), default=16)
+@click.option("--steps", type=IntRange(min=1), default=20)
+@click.option("--rounds", type=IntRange(min=1), default=7)
+@click.option("--threads", type=IntRange(min=1), default=None, help="torch intra-op threads (default: torch's)")
+def main(**options) -> None:
+    """Time our sampler against diffusers' pipeline on the same components."""
+    args = SimpleNamespace(**options)
+    specification = model_specification(default_preset=BENCH_PRESET, **options)
+    specification.validate()  # "error: --base: ..." before anything loads
 
     import torch
     from diffusers import AnimateDiffControlNetPipeline
@@ -47,7 +60,7 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    components = load_render_components(args.models, device=args.device)
+    components = load_render_components(specification, device=args.device)
     device = components.device
     pipe = AnimateDiffControlNetPipeline(**components.pipeline_kwargs())
     pipe.set_progress_bar_config(disable=True)
@@ -82,14 +95,13 @@ def main(argv=None) -> int:
             sync()
             times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"{args.models} on {device}, {args.frames} frames {args.size}x{args.size}, {args.steps} steps, "
+    print(f"{components.preset} on {device}, {args.frames} frames {args.size}x{args.size}, {args.steps} steps, "
           f"{args.rounds} rounds, torch threads {torch.get_num_threads()}; max |ours - diffusers| = {diff:.2e}")
     for name, value in median.items():
         print(f"  {name:14s} median {value * 1000:8.1f} ms   (min {min(times[name]) * 1000:8.1f} ms)")
     print(f"ours / diffusers (tau=1):  {median['ours'] / median['diffusers']:.3f}   (goal <= 1.05)")
     print(f"ours tau=0.5 / ours tau=1: {median['ours tau=0.5'] / median['ours']:.3f}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

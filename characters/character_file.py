@@ -12,7 +12,9 @@ Tensors:
 
 Header (``__metadata__``, strings): ``storyreel_character`` (the format version), ``name``, ``token``,
 ``class_word``, ``buckets``, ``num_train_timesteps``, ``lora_rank``, ``lora_alpha``, and JSON values
-``base_model`` (what the trainer was told about the base model: preset, sources, config fingerprints),
+``base_model`` (what the trainer was told about the base model: preset, sources, config fingerprints; and
+``weights``, the fingerprint of the base weights it was trained on, which the render checks: see
+:func:`characters.character_set.base_weights_fingerprint`; files written before it was recorded lack it),
 ``base_signature`` (the structure the file needs: text width and vocabulary, training timesteps, a digest of
 the UNet's spatial attention shapes), ``training`` (the training settings and data), plus diffusers' own
 ``lora_adapter_metadata`` (the ``LoraConfig``: rank, alpha, target modules, so diffusers rebuilds the same

@@ -16,13 +16,17 @@
 ``RenderComponents``); the characters stage never imports the render.
 
 * :meth:`CharacterSet.add` checks that the file fits the loaded base model (text width and vocabulary,
-  training timesteps, the shapes of every LoRA layer, and the text encoder's configuration when the
-  caller passes the base model's record) and raises :class:`~characters.errors.CharacterFileError` naming
-  the file and both models when it does not; registers the token in the tokenizer (refused if it is a
-  word of the vocabulary or another character's token); appends one row to the text encoder's input
-  embeddings (set to the time-averaged embedding, what the token means outside :meth:`at_timestep`);
-  and loads the LoRA as a peft adapter named after the character. After an ``add`` every character's
-  adapter is active at scale 1 until :meth:`activate` says otherwise.
+  training timesteps, the shapes of every LoRA layer, and the text encoder's configuration when the caller
+  passes the base model's record) and raises :class:`~characters.errors.CharacterFileError` naming the file
+  and both models when it does not; then that it was trained on these base weights (the file's
+  ``base_model["weights"]`` against :func:`base_weights_fingerprint` of the components, taken when the set is
+  made): other weights are refused with both fingerprints named, or, with ``allow_other_base``, loaded with an
+  :class:`OtherBaseWeightsWarning`; a file from before fingerprints were recorded loads with an
+  :class:`UnrecordedBaseWeightsWarning` (:meth:`CharacterSet.base_weights_match` says which); registers the
+  token in the tokenizer (refused if it is a word of the vocabulary or another character's token); appends one
+  row to the text encoder's input embeddings (set to the time-averaged embedding, what the token means outside
+  :meth:`at_timestep`); and loads the LoRA as a peft adapter named after the character. After an ``add`` every
+  character's adapter is active at scale 1 until :meth:`activate` says otherwise.
 * :meth:`CharacterSet.at_timestep` makes every text-encoder call inside it embed each character's token
   with its table row for that timestep (:class:`~characters.timeinv.TokenEmbeddingHook`).
 * :meth:`CharacterSet.remove` (or leaving ``with CharacterSet(...)``) deletes the adapters (and the
@@ -36,6 +40,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -53,9 +59,59 @@ from characters.lora_targets import (
     unet_signature,
 )
 from characters.timeinv import TimeInvTable, TokenEmbeddingHook, initial_table
+from storyreel.hashing import state_fingerprint
 from storyreel.seeding import seeded
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+BASE_WEIGHT_MODELS = ("text_encoder", "vae", "unet", "controlnet")
+
+
+class UnrecordedBaseWeightsWarning(UserWarning):
+    """A character file that records no fingerprint of its base weights (made before they were recorded):
+    it loads, unchecked."""
+
+
+class OtherBaseWeightsWarning(UserWarning):
+    """A character trained on other base weights, loaded anyway (``allow_other_base``)."""
+
+
+def base_weights_fingerprint(components) -> dict:
+    """A fingerprint of the base weights a character is trained on and rendered with: ``{"fingerprint": 16 hex
+    digits over all four models, "components": {text_encoder, vae, unet, controlnet: 16 hex digits each},
+    "dtype": the UNet's}``.
+
+    Each model's digest is :func:`storyreel.hashing.weights_fingerprint`'s (the names, shapes and first 4096
+    values of every tensor) with two changes, so that it names the *base* weights whatever was done to them:
+    the values are rounded to float16 before hashing (the same weights loaded in float32 on a CPU and in
+    float16 on a GPU match; bfloat16 copies do not), and what characters add is left out (peft's ``lora_*``
+    tensors, with its ``base_layer`` names mapped back, and token embedding rows past the text encoder's
+    configured vocabulary), so components carrying characters hash as their base.
+    """
+    digests = {name: _base_weights_digest(getattr(components, name)) for name in BASE_WEIGHT_MODELS
+               if getattr(components, name, None) is not None}
+    combined = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+    dtype = getattr(getattr(components, "unet", None), "dtype", None)
+    return {"fingerprint": combined, "components": digests,
+            "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None}
+
+
+def _base_weights_digest(model: torch.nn.Module) -> str:
+    return state_fingerprint(_base_state(model), value_dtype=torch.float16)
+
+
+def _base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state without what characters add: LoRA tensors (peft's ``base_layer`` names mapped back)
+    and the token embedding rows past the vocabulary of the model's configuration."""
+    state = {name.replace(".base_layer.", "."): tensor for name, tensor in model.state_dict().items()
+             if ".lora_" not in name}
+    vocabulary = getattr(getattr(model, "config", None), "vocab_size", None)
+    input_embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if isinstance(vocabulary, int) and isinstance(input_embeddings, torch.nn.Embedding):
+        pointer = input_embeddings.weight.data_ptr()
+        for name, tensor in state.items():
+            if tensor.data_ptr() == pointer and tensor.shape[0] > vocabulary:
+                state[name] = tensor[:vocabulary]
+    return state
 
 
 def base_signature(components) -> dict:
@@ -98,10 +154,13 @@ class CharacterEntry:
 class CharacterSet:
     """Characters on a set of components (see the module docstring)."""
 
-    def __init__(self, components, base_model: dict | None = None):
+    def __init__(self, components, base_model: dict | None = None, allow_other_base: bool = False):
         self.components = components
         self.base_model = base_model
         self.base_signature = base_signature(components)
+        self.base_weights = base_weights_fingerprint(components)  # before any adapter or token is added
+        self.allow_other_base = allow_other_base
+        self._base_weights_match: dict[str, str] = {}
         self._entries: dict[str, CharacterEntry] = {}
         self._hook = TokenEmbeddingHook()
         self._saved: dict | None = None
@@ -185,6 +244,41 @@ class CharacterSet:
                                 f"the loaded base model ({current}): " + "; ".join(problems[:4])
                                 + (f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""))
 
+    def _check_base_weights(self, character: Character, name: str) -> str:
+        """``same`` when the file was trained on these base weights; ``unrecorded`` (with a warning) when it does
+        not say; ``other`` (with a warning) when it was trained on other weights and ``allow_other_base``; else
+        :class:`~characters.errors.CharacterFileError` naming both fingerprints."""
+        theirs = character.base_model.get("weights") if isinstance(character.base_model, dict) else None
+        if not isinstance(theirs, dict) or not theirs.get("fingerprint"):
+            warnings.warn(f"{character.path}: character '{name}' records no fingerprint of the base weights it "
+                          "was trained on (an older character file); it is loaded without that check",
+                          UnrecordedBaseWeightsWarning, stacklevel=3)
+            return "unrecorded"
+        ours = self.base_weights
+        if theirs["fingerprint"] == ours["fingerprint"]:
+            return "same"
+        differing = [f"{model} ({theirs_digest} in the file, {ours['components'].get(model)} loaded)"
+                     for model, theirs_digest in sorted((theirs.get("components") or {}).items())
+                     if theirs_digest != ours["components"].get(model)]
+        detail = (f"character '{name}' was trained on other base weights than the loaded ones: the file records "
+                  f"base weights {theirs['fingerprint']} ({theirs.get('dtype')}), the loaded models are "
+                  f"{ours['fingerprint']} ({ours['dtype']})" + (f"; differing: {', '.join(differing)}"
+                                                                if differing else ""))
+        if "bfloat16" in (theirs.get("dtype"), ours["dtype"]) and theirs.get("dtype") != ours["dtype"]:
+            detail += " (the same weights in bfloat16 and another precision do not match)"
+        if self.allow_other_base:
+            warnings.warn(f"{character.path}: {detail}; rendered anyway (allow_other_base)", OtherBaseWeightsWarning,
+                          stacklevel=3)
+            return "other"
+        raise CharacterFileError(character.path, f"{detail}. Render it on the weights it was trained on, train it "
+                                                 "again on these, or render anyway with render-story "
+                                                 "--allow-other-base")
+
+    def base_weights_match(self, name: str) -> str:
+        """How the character ``name`` was checked against the base weights: ``same``, ``other`` (loaded with
+        ``allow_other_base``) or ``unrecorded`` (an older file); ``same`` for a character trained here."""
+        return self._base_weights_match.get(name, "same")
+
     def _lora_shape_problems(self, character: Character) -> list[str]:
         shapes = target_shapes(self.components.unet)
         problems = []
@@ -239,12 +333,14 @@ class CharacterSet:
         ``name`` and ``token`` override the file's (the storyboard's names and tokens win); ``base_model``
         (default: the one given to the constructor) is the loaded base model's record, compared with the
         file's. Raises :class:`~characters.errors.CharacterFileError` for a file made for another base
-        model and :class:`~characters.errors.CharacterTokenError` for a token that is already a word.
+        model, or trained on other base weights (unless ``allow_other_base``), and
+        :class:`~characters.errors.CharacterTokenError` for a token that is already a word.
         """
         name = name or character.name
         token = token or character.token
         self._check_new(name, token)
         self._check_base(character, base_model or self.base_model)
+        match = self._check_base_weights(character, name)
         device = self.components.text_encoder.get_input_embeddings().weight.device
         table = TimeInvTable(character.table, character.num_train_timesteps).to(device)
         adapter = None
@@ -260,6 +356,7 @@ class CharacterSet:
         self._entries[name] = CharacterEntry(name, token, token_id, character.class_word, table, adapter,
                                              character=character, lora_rank=character.lora_rank,
                                              lora_alpha=character.lora_alpha)
+        self._base_weights_match[name] = match
         self.activate({n: 1.0 for n in self._entries})
         return name
 
@@ -415,6 +512,7 @@ class CharacterSet:
         self._hook.tables.clear()
         self._hook.timesteps = None
         self._entries.clear()
+        self._base_weights_match.clear()
         self._scales = {}
         self._saved = None
 

@@ -1,11 +1,12 @@
 """``train-character --images DIR --name hare --token "<hare>" --class-word rabbit --out characters/hare.safetensors``.
 
-Trains a character (TimeInv table + LoRA, :mod:`characters.training`) on the render model of a preset from
-the model zoo (``--models``, :mod:`storyreel.models`) and the depth model the preset names, with validation
+Trains a character (TimeInv table + LoRA, :mod:`characters.training`) on the render models the model zoo's
+flags name (``--models``, ``--model-config``, ``--base``, ... : :mod:`storyreel.models.model_options`) and
+their depth model, with validation
 clips (:mod:`characters.validation`) every ``--validate-every`` steps. The character file is written only
 when training has finished; bad input (a missing or empty folder, an image that cannot be decoded or is
-too small, a token that is already a word, a checkpoint of other settings) exits with code 2 and a message
-naming the file, before anything is written.
+too small, a token that is already a word, a checkpoint of other settings, a model value that cannot be used)
+exits with code 2 and a message naming the file or flag, before anything is written.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import click
 
 from characters.training_job import TrainCharacterJob
 from storyreel.command_line import FloatRange, IntRange, command, quiet_option
-from storyreel.models import presets
+from storyreel.models.model_options import model_options
 
 
 def _note(text: str) -> None:
@@ -35,14 +36,7 @@ def _note(text: str) -> None:
 @click.option("--token", required=True, help="The character's new token in prompts, such as \"<hare>\".")
 @click.option("--class-word", required=True, help="What the character is (rabbit, old man): initialises the token.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Character file to write (.safetensors).")
-@click.option("--models", type=click.Choice(presets.PRESET_NAMES), default=presets.DEFAULT_PRESET, show_default=True,
-              help="Model preset: its render models (the character only works on their base model) and its depth "
-                   "model.")
-@click.option("--model-config", type=click.Path(path_type=Path), default=None,
-              help="TOML file replacing components of the preset ([components] base = ..., as render-story).")
-@click.option("--depth-model", default=None,
-              help="Depth model for the pseudo-videos, as extract-depth --models takes [default: the preset's: "
-                   "dpt-hybrid for sd15, tiny for tiny, dpt-hybrid-random for sd15-random].")
+@model_options()  # the character only works on the base model it was trained on
 @click.option("--steps", type=IntRange(min=1), default=1000, show_default=True, help="Training steps.")
 @click.option("--rank", type=IntRange(min=1), default=8, show_default=True, help="LoRA rank.")
 @click.option("--lora-targets", default="qkvo", show_default=True,
@@ -116,7 +110,7 @@ def run(job: TrainCharacterJob) -> None:
 
     device = job.torch_device()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.mixed_precision, torch.float32)
-    components = load_render_components(job.models, config_file=job.model_config, device=device, dtype=dtype)
+    components = load_render_components(job.model_specification(), device=device, dtype=dtype)
     estimator = load_depth_model(job.depth_model_spec(), device=device, progress=False)
     checkpoint_dir = job.checkpoints()
 

@@ -24,6 +24,12 @@ from a checkpoint (table, LoRA, optimizer state, step) continues exactly as an u
 Checkpoints are a safetensors file (``checkpoint-<step>.safetensors``) and ``checkpoint.json`` (step,
 settings, data, optimizer scalars, the file's SHA-256), each written atomically, the JSON last.
 
+The character file's ``base_model`` record is the caller's (``storyreel.models.loading.base_model_record``:
+preset, component sources, configurations) plus ``weights``: the fingerprint of the base weights trained on
+(:func:`characters.character_set.base_weights_fingerprint`, taken before the LoRA is added), which the render
+checks the loaded weights against. The same fingerprint is part of a checkpoint's data, so a run is never
+resumed on other base weights.
+
 On CUDA, ``mixed_precision`` ``fp16`` (with a gradient scaler) or ``bf16`` runs the models under autocast
 with the trainable weights in float32, and ``gradient_checkpointing`` recomputes UNet and ControlNet
 activations in the backward pass.
@@ -201,6 +207,8 @@ class CharacterTrainer:
             model.requires_grad_(False)
 
         self.character_set = CharacterSet(components, base_model=self.base_model or None)
+        # what the character file records: the caller's record and the fingerprint of the weights trained on
+        self.base_model = {**self.base_model, "weights": self.character_set.base_weights}
         self.entry = self.character_set.add_trainable(
             settings.name, settings.token, settings.class_word, rank=settings.rank, buckets=settings.buckets,
             projections=parse_projections(settings.lora_targets), seed=settings.seed)
@@ -227,7 +235,8 @@ class CharacterTrainer:
     def data_identity(self) -> dict:
         return {"images": [r["sha256"] for r in self.image_records],
                 "regularisation": self.regularisation.record() if self.regularisation is not None else [],
-                "base_signature": self.character_set.base_signature}
+                "base_signature": self.character_set.base_signature,
+                "base_weights": self.character_set.base_weights["fingerprint"]}
 
     def _draw_video(self, generator: torch.Generator) -> VideoSample:
         s = self.settings
@@ -381,7 +390,10 @@ class CharacterTrainer:
         except (ValueError, KeyError, TypeError, OSError) as exc:
             raise CheckpointError(f"{path}: not a readable checkpoint ({exc}); delete {folder} to start over") from None
         differences = _differences(record.get("settings", {}), self.settings.identity())
-        differences += _differences(record.get("data", {}), self.data_identity())
+        data = self.data_identity()
+        if "base_weights" not in record.get("data", {}):  # a checkpoint from before the fingerprint was kept
+            del data["base_weights"]
+        differences += _differences(record.get("data", {}), data)
         if record.get("param_names") != self.param_names:
             differences.append("trainable parameters differ")
         if differences:

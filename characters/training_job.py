@@ -4,10 +4,12 @@ once.
 The command line builds the job from its options (one field per flag, named as click names them), calls
 :meth:`TrainCharacterJob.validate` before anything is loaded, and hands the job to the run. The job gives the
 training's own settings (:meth:`~TrainCharacterJob.settings`, a
-:class:`~characters.training.TrainingSettings`), the device and precision it resolves, and the checkpoint
-folder. Errors name the flag (:class:`TrainCharacterJobError`), or the setting
-(:class:`~characters.errors.CharacterError` from :meth:`TrainingSettings.check
-<characters.training.TrainingSettings.check>`).
+:class:`~characters.training.TrainingSettings`), the models (:meth:`~TrainCharacterJob.model_specification`,
+from the model zoo's flags ``--models``, ``--model-config``, ``--base``, ``--motion-adapter``, ``--controlnet``,
+``--vae``, ``--depth-model``), the device and precision it resolves, and the checkpoint folder. Errors name
+the flag (:class:`TrainCharacterJobError`; :class:`~storyreel.models.specification.ModelConfigError` for a
+model value, naming its flag or TOML key), or the setting (:class:`~characters.errors.CharacterError` from
+:meth:`TrainingSettings.check <characters.training.TrainingSettings.check>`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from characters.errors import CharacterError
 from storyreel.errors import OptionError
 from storyreel.models import presets
+from storyreel.models.specification import ModelSpecification
 
 CHARACTER_SUFFIX = ".safetensors"
 
@@ -36,8 +39,12 @@ class TrainCharacterJob:
     token: str
     class_word: str
     out: Path
-    models: str = presets.DEFAULT_PRESET
+    models: str | None = None  # None: the --model-config file's preset, else the default preset
     model_config: Path | None = None
+    base: str | None = None
+    motion_adapter: str | None = None
+    controlnet: str | None = None
+    vae: str | None = None
     depth_model: str | None = None
     steps: int = 1000
     rank: int = 8
@@ -74,9 +81,10 @@ class TrainCharacterJob:
                 raise TrainCharacterJobError(flag, f"expected a {CHARACTER_SUFFIX} file, got '{path}'")
         if self.export_ti is not None and Path(self.export_ti).resolve() == Path(self.out).resolve():
             raise TrainCharacterJobError("--export-ti", "must be another file than --out", " ")
-        if self.models not in presets.PRESETS:
+        if self.models is not None and self.models not in presets.PRESETS:
             raise TrainCharacterJobError(
                 "--models", f"unknown preset {self.models!r}; use one of {', '.join(presets.PRESET_NAMES)}")
+        self.model_specification().validate()  # ModelConfigError naming the flag or the TOML file and key
         if self.reg_index is not None and not Path(self.reg_index).is_dir():
             raise TrainCharacterJobError("--reg-index",
                                          f"'{self.reg_index}' is not a folder (an index made by build-index)")
@@ -112,9 +120,15 @@ class TrainCharacterJob:
         out = Path(self.out)
         return out.with_name(out.name[: -len(out.suffix)] + ".checkpoints")
 
+    def model_specification(self) -> ModelSpecification:
+        """The render models and depth model to train on (the model zoo's flags)."""
+        return ModelSpecification(preset=self.models, config_file=self.model_config, base=self.base,
+                                  motion_adapter=self.motion_adapter, controlnet=self.controlnet, vae=self.vae,
+                                  depth_model=self.depth_model)
+
     def depth_model_spec(self) -> str:
-        """The depth model of the pseudo-videos: ``depth_model``, else the preset's."""
-        return self.depth_model or presets.PRESETS[self.models].depth_model
+        """The depth model of the pseudo-videos: ``depth_model``, else the model config's, else the preset's."""
+        return self.model_specification().depth_model_spec()
 
     def settings(self):
         """The :class:`~characters.training.TrainingSettings` of this job (what a checkpoint must match)."""

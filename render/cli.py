@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from storyreel.command_line import command, fail, quiet_option
-from storyreel.models import presets
+from storyreel.models.model_options import model_options, model_specification
 
 
 @command("render-story")
@@ -18,10 +18,7 @@ from storyreel.models import presets
               help="Index folder (from `build-index`); needed unless every shot has a clip override.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder: shots/, story.mp4, storyboard.png, report.json.")
-@click.option("--models", default=presets.DEFAULT_PRESET, show_default=True,
-              help=f"Model preset ({', '.join(presets.PRESET_NAMES)}): its render models and its depth model; "
-                   "sd15: SD1.5 + AnimateDiff + depth ControlNet and DPT-Hybrid from the hub, tiny: toy size, "
-                   "sd15-random: real size, both with seeded random weights.")
+@model_options()
 @click.option("--crossfade", type=float, default=0.0, show_default=True,
               help="Crossfade between shots in story.mp4, seconds.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
@@ -40,10 +37,17 @@ from storyreel.models import presets
 @click.option("--llm-model", default=None, help="Model name at the endpoint [default: STORYREEL_LLM_MODEL].")
 @click.option("--llm-model-path", type=click.Path(path_type=Path), default=None,
               help="Local chat model folder for --llm local.")
+@click.option("--deterministic", is_flag=True,
+              help="Bit-identical frames and videos run after run on this machine, a killed run resumed or not: one "
+                   "CPU thread, torch's deterministic algorithms, deterministic cuDNN and cuBLAS (slower on a CPU). "
+                   "Recorded in report.json; shots made without it are rendered again.")
+@click.option("--allow-other-base", is_flag=True,
+              help="Render characters trained on other base weights than the loaded ones (refused otherwise); "
+                   "report.json records which.")
 @quiet_option("No progress bars.", no_progress_alias=True)
 @click.option("--schema", is_flag=True, help="Print the storyboard JSON Schema and exit.")
-def main(storyboard, index, out, models, crossfade, device, engine, workers, cpu_offload, characters, planner,
-         llm_base_url, llm_model, llm_model_path, quiet, schema):
+def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload, characters, planner,
+         llm_base_url, llm_model, llm_model_path, deterministic, allow_other_base, quiet, schema, **model_flags):
     """Render STORYBOARD (a storyboard JSON file) shot by shot; rerunning skips unchanged shots."""
     if schema:
         from storyboard import storyboard_json_schema
@@ -62,21 +66,21 @@ def main(storyboard, index, out, models, crossfade, device, engine, workers, cpu
             fail(f"--character {item}: expected NAME=FILE, e.g. hare=characters/hare.safetensors")
         character_files[name] = Path(path)
 
-    from characters import CharacterError
     from render.story import StoryOptions, prepare_story, render_story
-    from storyreel.errors import ModelLoadError
-    from storyreel.models.loading import ModelConfigError
+    from storyreel.errors import StoryreelError
 
+    models = model_specification(**model_flags)
     options = StoryOptions(storyboard=storyboard, out=out, index=index, models=models, crossfade=crossfade,
                            device=device, progress=not quiet, engine=engine, workers=workers,
                            cpu_offload=cpu_offload, character_files=character_files, planner=planner,
                            planner_options={k: v for k, v in (("base_url", llm_base_url), ("model", llm_model),
-                                                              ("model_path", llm_model_path)) if v is not None})
+                                                              ("model_path", llm_model_path)) if v is not None},
+                           deterministic=deterministic, allow_other_base=allow_other_base)
     plan = prepare_story(options)  # StoryInputError: "error: ..." (exit 2), nothing loaded or written
     try:
         report = render_story(plan, echo=click.echo)
-    except (ModelLoadError, ModelConfigError, CharacterError):  # "error: ..." (exit 2): models that cannot be
-        raise                                                    # loaded, a character made for other models
+    except StoryreelError:  # "error: ..." (exit 2): another run holds --out, models that cannot be loaded,
+        raise               # a character made for other models or other base weights
     except (RuntimeError, ValueError, OSError) as exc:  # a shot that cannot be made; finished shots are kept
         click.echo(f"error: {exc} (finished shots are kept; rerun to resume)", err=True)
         sys.exit(1)

@@ -4,15 +4,20 @@ The driver chooses every shot's segment first (in story order, so footage is nev
 with the local engine), then hands ``(shot, segment, settings hash)`` jobs to a pool of
 :class:`render.shot_renderer.ShotRenderer` actors. Each actor loads the models once and renders shot after shot;
 the driver writes each shot's sidecar as soon as its render returns, so an interrupted run resumes with
-the shots that finished. Without GPUs the actors share the CPUs (``--workers``, default 1).
+the shots that finished. Without GPUs the actors share the CPUs (``--workers``, default 1); under
+``--deterministic`` each actor runs torch in deterministic mode with the same fixed CPU thread count as the local
+engine (:func:`render.shot_renderer.enable_deterministic_torch`), so both engines give the same bits. An input
+error in an actor (a character trained on other base weights, models that cannot be loaded: a
+:class:`~storyreel.errors.StoryreelError`) stops the run and is raised as itself, so the command exits 2.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from render.shot_renderer import RenderSettings, ShotRenderer
+from render.shot_renderer import RenderSettings, ShotRenderer, enable_deterministic_torch
 from render.shot_sidecar import Segment, ShotSidecar
+from storyreel.errors import StoryreelError
 from storyreel.ray_runtime import init_ray
 
 
@@ -32,7 +37,9 @@ class _RenderActor:
     def __init__(self, settings: RenderSettings, threads: int):
         import torch
 
-        if not torch.cuda.is_available():
+        if settings.deterministic:
+            enable_deterministic_torch()  # for the actor's life
+        elif not torch.cuda.is_available():
             torch.set_num_threads(max(1, threads))
         self.renderer = ShotRenderer(settings)
 
@@ -69,6 +76,9 @@ def render_on_ray(settings: RenderSettings, jobs: list[tuple], done: Callable[[o
             try:
                 sidecar = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001  (a shot's failure is reported after the others finish)
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, StoryreelError):  # bad input: every actor would fail the same way
+                    raise cause from None
                 errors.append(RuntimeError(f"shot {shot.id!r}: {_cause(exc)}"))
             else:
                 done(shot, sidecar, retrieval_s)

@@ -4,13 +4,24 @@
 shot after shot; it runs in the story driver's process (``--engine local``) or in a Ray actor
 (:mod:`render.ray_engine`), so what it needs besides the shot is a picklable :class:`RenderSettings`. It returns
 the shot's :class:`render.shot_sidecar.ShotSidecar`; the driver adds its retrieval time and writes it.
+
+**Deterministic rendering** (``RenderSettings.deterministic``, ``render-story --deterministic``):
+:func:`deterministic_torch` fixes what makes the same shot come out differently from one process to the next
+(see :mod:`render.story` for the causes found): torch's CPU intra-op threads are set to
+:data:`DETERMINISTIC_CPU_THREADS`, ``torch.use_deterministic_algorithms`` is on (warning, not failing, on an op
+without a deterministic version), cuDNN is deterministic and not autotuned, and cuBLAS gets a fixed workspace
+(``CUBLAS_WORKSPACE_CONFIG``). Depth is cached apart (:meth:`ShotRenderer.depth_cache_folder`), so depth computed
+under other settings is never reused. Characters trained on other base weights are refused unless
+``RenderSettings.allow_other_base`` (:class:`characters.CharacterSet`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,21 +29,29 @@ import numpy as np
 
 from render.shot_sidecar import CODE_VERSION, CharacterUse, DepthRecord, Segment, ShotSidecar, WorkerRecord, shot_files
 from storyreel.atomic_files import atomic_path
+from storyreel.models.specification import ModelSpecification
 
 PREVIEW_FRAMES = 3  # retrieved frames (and their depth) kept for the storyboard sheet
+# --deterministic: one CPU thread. Float sums split over N threads round differently for each N (the tiny VAE's
+# frames differ between 1 and 2 threads), and N follows the environment (OMP_NUM_THREADS, a Ray worker's CPU
+# share, a parent that capped torch's threads); with one thread MKL's dynamic thread choice has nothing to vary.
+DETERMINISTIC_CPU_THREADS = 1
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # one of the two values cuBLAS is deterministic with (CUDA docs)
 
 
 @dataclass(frozen=True)
 class RenderSettings:
     """What a shot renderer needs besides the shot (picklable: Ray workers get a copy)."""
 
-    models: str
+    models: ModelSpecification  # what to load (a preset, a TOML file, swapped components)
     depth_model: str
     device: str | None
     cpu_offload: bool
     out: Path
     progress: bool
     characters: tuple[tuple[str, str, str], ...] = ()  # (name, character file, token), loaded once
+    deterministic: bool = False  # bit-identical frames run after run (see deterministic_torch)
+    allow_other_base: bool = False  # render characters trained on other base weights (with a warning)
 
 
 @dataclass
@@ -70,9 +89,17 @@ class ShotRenderer:
                 components.enable_model_cpu_offload()
             self._depth = load_depth_model(s.depth_model, device=components.device, progress=False)
             if s.characters:
-                self._characters = load_characters(components, s.characters)
+                self._characters = load_characters(components, s.characters, allow_other_base=s.allow_other_base)
             self._components = components
         return self._components, self._depth
+
+    def depth_cache_folder(self) -> Path:
+        """``out/cache/depth``; under ``deterministic``, ``out/cache/depth-deterministic/<device type>``: depth
+        computed with other thread counts or on another device is never mixed into a deterministic render."""
+        cache = self.settings.out / "cache"
+        if not self.settings.deterministic:
+            return cache / "depth"
+        return cache / "depth-deterministic" / self._components.device.type
 
     def render(self, shot, segment: Segment, settings_hash: str) -> ShotSidecar:
         """Depth of ``segment`` → structure-guided render → the shot's mp4, gif and preview; returns its sidecar."""
@@ -84,7 +111,7 @@ class ShotRenderer:
         # 1. depth of the footage
         t0 = time.perf_counter()
         depth = extract_depth(segment.range, frames=shot.frames, size=shot.size, estimator=estimator,
-                              cache=self.settings.out / "cache" / "depth", fps=shot.fps)
+                              cache=self.depth_cache_folder(), fps=shot.fps)
         timings["depth"] = time.perf_counter() - t0
 
         # 2. encode the prompt (compel) and the characters' per-step embeddings
@@ -112,6 +139,7 @@ class ShotRenderer:
             timings_s={k: round(v, 3) for k, v in timings.items()},
             worker=WorkerRecord(host=socket.gethostname(), pid=os.getpid(), device=str(components.device)),
             rendered_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            deterministic=self.settings.deterministic,
         )
 
     def _encode_prompts(self, shot) -> _Prompts:
@@ -133,10 +161,12 @@ class ShotRenderer:
         from tqdm import tqdm
 
         from render.sampler import StructureGuidedSampler
-        from storyreel.models.schedulers import make_scheduler
+        from storyreel.models.schedulers import preset_scheduler
         from structure.conditioning import controlnet_condition
 
-        sampler = StructureGuidedSampler(self._components, scheduler=make_scheduler(shot.scheduler))
+        # the shot's scheduler with the preset's settings (Lightning's trailing timesteps, say)
+        scheduler = preset_scheduler(self.settings.models.preset_name(), shot.scheduler)
+        sampler = StructureGuidedSampler(self._components, scheduler=scheduler)
         with tqdm(disable=not self.settings.progress, dynamic_ncols=True, total=shot.steps, desc=f"  {shot.id}",
                   unit="step", leave=False) as steps:
             result = sampler(prompt_embeds=prompts.cond, negative_prompt_embeds=prompts.uncond,
@@ -176,7 +206,8 @@ class ShotRenderer:
         scales = {c.name: c.scale for c in shot.characters if c.name in self._characters}
         self._characters.activate(scales)
         in_prompt = self._characters.characters_in(prompt)
-        record = {name: CharacterUse(scale=scale, token=self._characters[name].token, in_prompt=name in in_prompt)
+        record = {name: CharacterUse(scale=scale, token=self._characters[name].token, in_prompt=name in in_prompt,
+                                     base_weights=self._characters.base_weights_match(name))
                   for name, scale in scales.items()}
         if not in_prompt and not self._characters.characters_in(shot.negative_prompt):
             return record, None
@@ -193,13 +224,63 @@ def with_style(prompt: str, style: str) -> str:
     return f"{prompt}, {style}"
 
 
-def load_characters(components, characters: tuple[tuple[str, str, str], ...]):
+def load_characters(components, characters: tuple[tuple[str, str, str], ...], allow_other_base: bool = False):
     """A :class:`characters.CharacterSet` on ``components`` with each ``(name, file, token)`` loaded once: its
-    token registered and its LoRA a named adapter. A file made for another base model is refused here."""
+    token registered and its LoRA a named adapter. A file made for another base model is refused here, and so
+    is one trained on other base weights unless ``allow_other_base``."""
     from characters import CharacterSet, load_character
     from storyreel.models.loading import base_model_record
 
-    character_set = CharacterSet(components, base_model=base_model_record(components))
+    character_set = CharacterSet(components, base_model=base_model_record(components),
+                                 allow_other_base=allow_other_base)
     for name, path, token in characters:
         character_set.add(load_character(path), name=name, token=token)
     return character_set
+
+
+# -- deterministic rendering ----------------------------------------------------------------------------------
+def deterministic_record() -> dict:
+    """What ``report.json`` records of a ``--deterministic`` run: the settings :func:`deterministic_torch` uses."""
+    return {"cpu_threads": DETERMINISTIC_CPU_THREADS, "torch_deterministic_algorithms": True,
+            "cudnn_deterministic": True, "cudnn_benchmark": False, "cublas_workspace_config": CUBLAS_WORKSPACE_CONFIG}
+
+
+def enable_deterministic_torch() -> Callable[[], None]:
+    """Put torch in deterministic mode for this process (see the module docstring); returns the function that
+    puts back the settings it found."""
+    import torch
+
+    cudnn = torch.backends.cudnn
+    found = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), cudnn.deterministic, cudnn.benchmark,
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG  # read when torch makes its cuBLAS workspace
+    torch.set_num_threads(DETERMINISTIC_CPU_THREADS)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+
+    def restore() -> None:
+        threads, algorithms, warn_only, cudnn_deterministic, cudnn_benchmark, workspace = found
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        cudnn.deterministic, cudnn.benchmark = cudnn_deterministic, cudnn_benchmark
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
+
+    return restore
+
+
+@contextlib.contextmanager
+def deterministic_torch(enabled: bool = True) -> Iterator[None]:
+    """Deterministic torch inside the block (:func:`enable_deterministic_torch`), the settings found restored
+    after it; ``enabled=False`` changes nothing."""
+    if not enabled:
+        yield
+        return
+    restore = enable_deterministic_torch()
+    try:
+        yield
+    finally:
+        restore()

@@ -3,13 +3,14 @@
 The sidecar (``shots/<safe_id>.json``, written after the shot's mp4) is a :class:`ShotSidecar`: the settings
 hash a rerun compares (:data:`CODE_VERSION` is part of that hash) and every decision made for the shot: its
 footage (:class:`Segment`), prompt, characters, sampling settings, depth and models. Its JSON is made and read
-here only (:meth:`ShotSidecar.to_json`, :meth:`ShotSidecar.from_json`).
+here only (:meth:`ShotSidecar.to_json`, :meth:`ShotSidecar.from_json`). Fields added since the first sidecars
+have defaults, and a sidecar without them still reads (its shot is not rendered again for that).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 from storyreel.atomic_files import write_json
@@ -46,11 +47,14 @@ class Segment:
 
 @dataclass(frozen=True)
 class CharacterUse:
-    """A trained character in a shot: its LoRA scale, its token and whether the prompt names it."""
+    """A trained character in a shot: its LoRA scale, its token, whether the prompt names it, and whether it was
+    trained on the base weights it was rendered on (``same``; ``other``: rendered with ``--allow-other-base``;
+    ``unrecorded``: a character file, or a sidecar, from before base weights were fingerprinted)."""
 
     scale: float
     token: str
     in_prompt: bool
+    base_weights: str = "unrecorded"
 
 
 @dataclass(frozen=True)
@@ -101,14 +105,16 @@ class ShotSidecar:
     timings_s: dict[str, float]
     worker: WorkerRecord
     rendered_at: str
+    deterministic: bool = False  # rendered under render-story --deterministic
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> ShotSidecar:
-        """The sidecar of ``data``; KeyError or TypeError when a key is missing or unknown."""
-        values = {f.name: data[f.name] for f in fields(cls)}
+        """The sidecar of ``data``; KeyError or TypeError when a key is missing (one with a default may be) or
+        unknown."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data or f.default is MISSING}
         if set(data) - set(values):
             raise KeyError(f"unknown sidecar keys {sorted(set(data) - set(values))}")
         values.update(segment=Segment(**data["segment"]), depth=DepthRecord(**data["depth"]),

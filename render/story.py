@@ -14,24 +14,72 @@ Layout of ``out``::
     shots/<safe_id>.mp4 .gif     the shot (H.264 yuv420p at the storyboard's fps; a looping GIF)
     shots/<safe_id>.json         sidecar, written after the mp4: settings hash and every decision
     shots/<safe_id>.preview.npz  a few retrieved frames and their depth, for the sheet
-    cache/depth/                 depth sequences (structure.DepthCache)
+    cache/depth/                 depth sequences (structure.DepthCache; cache/depth-deterministic/ under
+                                 --deterministic)
     story.mp4 storyboard.png report.json   rebuilt from the shots on every run
+    .render.lock                 held by the run writing the folder (:class:`OutputLock`)
+
+**One run per folder.** :func:`render_story` holds an OS lock (``fcntl.flock``) on ``out/.render.lock`` while
+it runs; a second run on the same folder stops at once with :class:`OutputBusyError` (exit 2) naming the holder
+(pid, host, start time, written into the file). The kernel drops the lock when its process dies, however it
+dies, so a killed run never leaves the folder locked; and temporary files a killed run left behind
+(``.<name>.<random>.tmp`` from :mod:`storyreel.atomic_files`) are removed by the next run, which alone may
+write there.
 
 **Resume.** A shot is skipped when its mp4 exists and its sidecar records the settings hash of this run
 (:meth:`storyboard.Storyboard.settings_hash` with the models, the depth model, the index's manifest and
-:data:`render.shot_sidecar.CODE_VERSION` as ``extra``). Skipped shots keep their recorded segment, and shots
-that are rendered again avoid the footage of every other shot, so no two shots overlap.
+:data:`render.shot_sidecar.CODE_VERSION` as ``extra``; and, under ``--deterministic``, the deterministic
+settings and the device type, so a deterministic run renders again what a run without it made). Skipped
+shots keep their recorded segment, and shots that are rendered again avoid the footage of every other shot,
+so no two shots overlap.
+
+**Deterministic runs** (``deterministic=True``, ``render-story --deterministic``): the same storyboard, models
+and seed give bit-identical frames, shot mp4s and story.mp4 on the same machine, whether a run was killed and
+resumed or not and whatever else runs there. What made the frames of one shot differ between runs:
+
+1. x264's macroblock tree (a killed run's shot differed from an uninterrupted run's by up to 27 grey levels
+   once decoded; the GIFs, written from the same frames, matched): it chose differently for the same frames
+   depending on the heap layout. Fixed for every run in :func:`storyreel.video_files.write_mp4` (one thread,
+   ``mbtree=0``, the RGB → yuv420p conversion done before the encoder).
+2. torch's CPU intra-op thread count: float reductions (the VAE decoder's convolutions and group norms) are
+   split over the threads and round differently for each count. Measured on the tiny models: the same latents
+   decode to frames up to 34 grey levels apart with 1 and 2 threads, and a story rendered with
+   ``OMP_NUM_THREADS=2`` and resumed with ``OMP_NUM_THREADS=1`` had a shot 22 levels off in its mp4. The count
+   follows the environment (``OMP_NUM_THREADS``, a Ray worker's CPU share, a caller that capped torch's
+   threads, as ``build-index`` does while it runs), so ``--deterministic`` fixes it
+   (:data:`render.shot_renderer.DETERMINISTIC_CPU_THREADS`, also on Ray workers).
+3. The depth cache: depth computed under other settings (thread count, device) would be reused by a resumed
+   run, so deterministic runs keep their own cache (:meth:`render.shot_renderer.ShotRenderer.depth_cache_folder`).
+4. On CUDA: cuDNN's autotuner and non-deterministic kernels, and cuBLAS's workspace; ``--deterministic`` turns
+   on ``torch.use_deterministic_algorithms`` (warning on an op without a deterministic version), cuDNN's
+   deterministic mode without benchmarking, and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``
+   (:func:`render.shot_renderer.deterministic_torch`, undone when the run ends).
+
+Not causes, checked: memory alignment (matmul, convolution and sums give the same bits at every offset), the
+order shots are rendered in within a process, prompt encoding, and the depth cache's own round trip (float32
+stored as computed). Two machines, two GPU models or two torch builds still may differ.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from render.shot_renderer import RenderSettings, ShotRenderer, with_style
+from render.shot_renderer import (
+    DETERMINISTIC_CPU_THREADS,
+    RenderSettings,
+    ShotRenderer,
+    deterministic_record,
+    deterministic_torch,
+    with_style,
+)
 from render.shot_sidecar import CODE_VERSION, Segment, ShotSidecar, shot_files
 from render.story_report import (
     IndexRecord,
@@ -45,14 +93,32 @@ from render.story_report import (
 from storyreel.errors import StoryreelError
 from storyreel.hashing import file_sha256
 from storyreel.models import presets
+from storyreel.models.specification import ModelSpecification
 
 # with_style and shot_files live with the shot renderer and the sidecar; they stay importable from here.
-__all__ = ["StoryInputError", "StoryOptions", "StoryPlan", "choose_segment", "prepare_story", "render_story",
-           "shot_files", "with_style"]
+__all__ = ["LOCK_FILE", "OutputBusyError", "OutputLock", "StoryInputError", "StoryOptions", "StoryPlan",
+           "choose_segment", "prepare_story", "render_story", "shot_files", "with_style"]
+
+LOCK_FILE = ".render.lock"
 
 
 class StoryInputError(StoryreelError, ValueError):
     """Bad input (storyboard, index, options): reported as ``error: ...`` with exit code 2."""
+
+
+class OutputBusyError(StoryInputError):
+    """Another run is writing the output folder (exit code 2); ``holder`` is what it wrote into the lock file."""
+
+    def __init__(self, out: Path, holder: dict):
+        self.out = out
+        self.holder = holder
+        if holder:
+            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
+                   f"{holder.get('started_at', '?')}")
+        else:
+            who = "a process that has not written its details yet"
+        super().__init__(f"--out {out}: another render-story is writing this folder ({who}; lock file "
+                         f"{out / LOCK_FILE}); wait for it to finish, or give another --out")
 
 
 @dataclass
@@ -60,7 +126,7 @@ class StoryOptions:
     storyboard: Path
     out: Path
     index: Path | None = None
-    models: str = "sd15"
+    models: str | ModelSpecification = presets.DEFAULT_PRESET  # a preset name, or the flags' specification
     crossfade: float = 0.0
     device: str | None = None
     progress: bool = True
@@ -70,6 +136,8 @@ class StoryOptions:
     character_files: dict[str, Path] = field(default_factory=dict)  # name → character file, over the storyboard's
     planner: str | None = None     # shots without a query or caption: "rules", "openai", "local" (None: auto)
     planner_options: dict = field(default_factory=dict)  # storyboard.planner.make_planner's keyword arguments
+    deterministic: bool = False    # bit-identical frames, resumed or not (see the module docstring)
+    allow_other_base: bool = False  # render characters trained on other base weights (recorded in report.json)
 
 
 @dataclass
@@ -90,11 +158,15 @@ class StoryPlan:
     def shot_files(self, shot) -> dict[str, Path]:
         return shot_files(self.out, shot)
 
+    @property
+    def models(self) -> ModelSpecification:
+        return model_specification_of(self.options.models)
+
     def render_settings(self) -> RenderSettings:
         """What the shot renderers need of this plan."""
         o = self.options
-        return RenderSettings(o.models, self.depth_model, o.device, o.cpu_offload, self.out, o.progress,
-                              self.characters)
+        return RenderSettings(self.models, self.depth_model, o.device, o.cpu_offload, self.out, o.progress,
+                              self.characters, deterministic=o.deterministic, allow_other_base=o.allow_other_base)
 
 
 # -- preparing ----------------------------------------------------------------------------------------------
@@ -111,9 +183,13 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
             raise StoryInputError("--engine ray needs Ray: pip install 'storyreel[ray]' (or use --engine local)")
     if options.workers is not None and options.workers < 1:
         raise StoryInputError(f"--workers must be 1 or more, got {options.workers}")
-    if options.models not in presets.PRESETS:
-        raise StoryInputError(f"unknown --models value {options.models!r}; "
-                              f"use one of {', '.join(presets.PRESET_NAMES)}")
+    models = model_specification_of(options.models)
+    try:  # the preset, TOML file, folders and files: checked without loading a model
+        resolved = models.validate()
+    except StoryreelError as exc:
+        raise StoryInputError(str(exc)) from None
+    preset = presets.get_preset(resolved.preset)
+    model_defaults = preset.shot_defaults()  # steps, guidance, scheduler, where the storyboard sets none
     if not (isinstance(options.crossfade, (int, float)) and math.isfinite(options.crossfade)
             and options.crossfade >= 0):
         raise StoryInputError(f"--crossfade must be 0 or more seconds, got {options.crossfade!r}")
@@ -123,8 +199,8 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
         raise StoryInputError(str(exc)) from None
     _apply_character_files(story, options)
     story, planned = _complete_shots(story, options)
-    shots = story.all_shot_settings()
-    characters = _check_characters(shots, options.models)
+    shots = story.all_shot_settings(model_defaults)
+    characters = _check_characters(shots, preset.name)
     for shot in shots:
         if shot.width % 8 or shot.height % 8:
             raise StoryInputError(f"shot {shot.id!r}: width and height must be multiples of 8, "
@@ -144,14 +220,42 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
     if options.index is not None:
         library, index_record = _open_index(Path(options.index))
 
-    depth_model = presets.PRESETS[options.models].depth_model
+    depth_model = resolved.depth_model
+    # the preset's name while only a preset is asked for (output folders of earlier versions keep resuming),
+    # else everything the specification resolved to: another base, adapter or LoRA renders the shots again
+    models_key = preset.name if _preset_only(models) else resolved.record()
     hashes = {}
     for shot in shots:
-        extra = {"models": options.models, "depth_model": depth_model, "code_version": CODE_VERSION,
+        extra = {"models": models_key, "depth_model": depth_model, "code_version": CODE_VERSION,
                  "index": index_record["fingerprint"] if shot.clip is None else None}
-        hashes[shot.id] = story.settings_hash(shot.id, extra=extra)
+        if options.deterministic:  # only then: the hashes of other runs stay as they were
+            extra["deterministic"] = {"cpu_threads": DETERMINISTIC_CPU_THREADS, "device": _device_type(options.device)}
+        hashes[shot.id] = story.settings_hash(shot.id, extra=extra, model_defaults=model_defaults)
     return StoryPlan(options, story, shots, library, index_record, depth_model, hashes, out,
                      storyboard_sha256=file_sha256(options.storyboard), characters=characters, planned=planned)
+
+
+def model_specification_of(models: str | ModelSpecification) -> ModelSpecification:
+    """``StoryOptions.models`` as a :class:`ModelSpecification` (a preset name is one with only the preset)."""
+    return models if isinstance(models, ModelSpecification) else ModelSpecification(preset=models)
+
+
+def _preset_only(models: ModelSpecification) -> bool:
+    return models.preset is not None and all(
+        getattr(models, name) is None for name in ("config_file", "base", "motion_adapter", "controlnet", "vae",
+                                                   "depth_model", "lora", "lora_scale")) and not models.components
+
+
+def _device_type(device: str | None) -> str:
+    """The type of the device the render will run on (``cpu``, ``cuda``, ...), without loading anything."""
+    import torch
+
+    from storyreel.devices import default_device
+
+    try:
+        return (torch.device(device) if device else default_device()).type
+    except (RuntimeError, ValueError) as exc:
+        raise StoryInputError(f"--device {device}: {exc}") from None
 
 
 def _complete_shots(story, options: StoryOptions):
@@ -248,8 +352,20 @@ def render_story(plan: StoryPlan, echo: Callable[[str], None] = print) -> dict:
     (:meth:`render.story_report.StoryReport.to_json`).
 
     Segments are chosen here, in story order, each avoiding the footage of every other shot; the renders
-    then run in this process (``engine="local"``) or on Ray workers (``engine="ray"``, one per GPU).
+    then run in this process (``engine="local"``) or on Ray workers (``engine="ray"``, one per GPU). The whole
+    run holds ``out``'s lock (:class:`OutputBusyError` at once when another run holds it) and, with
+    ``deterministic``, runs torch in deterministic mode (:func:`render.shot_renderer.deterministic_torch`).
     """
+    with OutputLock(plan.out) as lock, deterministic_torch(plan.options.deterministic):
+        lock.remove_stale_temporary_files()
+        try:
+            return _render_story(plan, echo)
+        except BaseException:
+            lock.forget_folder_if_untouched()
+            raise
+
+
+def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
     from tqdm import tqdm
 
     options, out = plan.options, plan.out
@@ -316,11 +432,15 @@ def _finish(plan: StoryPlan, sidecars: dict[str, ShotSidecar], status: dict[str,
         code_version=CODE_VERSION,
         storyboard=StoryboardRecord(path=str(Path(plan.options.storyboard).resolve()), sha256=plan.storyboard_sha256,
                                     title=plan.storyboard.title),
-        models=ModelsRecord(preset=plan.options.models, depth_model=plan.depth_model,
+        models=ModelsRecord(preset=plan.models.preset_name(), depth_model=plan.depth_model,
+                            specification=plan.models.record(),
+                            shot_defaults=presets.get_preset(plan.models.preset_name()).shot_defaults(),
                             render=components.record() if components is not None
                             else sidecars[plan.shots[0].id].models),
         index=IndexRecord.of(plan.index_record),
         crossfade_s=plan.options.crossfade,
+        deterministic=deterministic_record() if plan.options.deterministic else None,
+        allow_other_base=plan.options.allow_other_base,
         story=video,
         planned=plan.planned,
         rendered=[s.id for s in plan.shots if status.get(s.id) == "rendered"],
@@ -330,3 +450,95 @@ def _finish(plan: StoryPlan, sidecars: dict[str, ShotSidecar], status: dict[str,
     )
     report.write(plan.out / "report.json")
     return report
+
+
+# -- one run per output folder ------------------------------------------------------------------------------
+class OutputLock:
+    """``out/.render.lock``, held with ``fcntl.flock`` while a run writes ``out`` (see the module docstring).
+
+    The file is written in place, not through :mod:`storyreel.atomic_files`: the lock belongs to the file's
+    inode, and replacing the file would let a second run lock the new inode while the first holds the old one.
+    The holder writes its pid, host, start time and command into it after locking; the file stays when the
+    run ends (deleting it would race with a run opening it), and the next holder overwrites it.
+    """
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.path = self.out / LOCK_FILE
+        self._fd: int | None = None
+        self._created_folder = False
+
+    def acquire(self) -> OutputLock:
+        """Lock ``out`` (made if missing) or raise :class:`OutputBusyError` at once."""
+        import fcntl
+
+        self._created_folder = not self.out.exists()
+        self.out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputBusyError(self.out, self._holder()) from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def _holder(self, tries: int = 20) -> dict:
+        """What the holder wrote ({} when unknown). It writes just after locking, so a read that finds nothing,
+        or the details of a previous holder no longer running here, is retried for a moment."""
+        for _ in range(tries):
+            try:
+                holder = json.loads(self.path.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            if isinstance(holder, dict) and holder and (holder.get("host") != socket.gethostname()
+                                                        or _process_exists(holder.get("pid"))):
+                return holder
+            time.sleep(0.05)
+        return {}
+
+    def remove_stale_temporary_files(self) -> list[Path]:
+        """Remove the ``.<name>.<random>.tmp`` files of :mod:`storyreel.atomic_files` that a killed run left in
+        ``out``, ``out/shots`` and ``out/cache`` (only the lock's holder writes there, so none is in use)."""
+        found = [*self.out.glob(".*.tmp"), *self.out.glob("shots/.*.tmp"), *self.out.glob("cache/**/.*.tmp")]
+        for path in found:
+            path.unlink(missing_ok=True)
+        return found
+
+    def forget_folder_if_untouched(self) -> None:
+        """After a failure before anything was written: remove the lock file and the folder when this run made
+        the folder (bad input leaves no trace)."""
+        if self._created_folder and [p.name for p in self.out.iterdir()] == [LOCK_FILE]:
+            self.path.unlink(missing_ok=True)
+            self.out.rmdir()
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _process_exists(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -1,9 +1,11 @@
 """The story's own files, rebuilt from its shots on every run: story.mp4, storyboard.png, report.json, the table.
 
 ``report.json`` is a :class:`StoryReport` (the run's inputs, models, index and story video, which shots were
-rendered or skipped, and one entry per shot: its sidecar without the models, kept once at the top); its JSON is
-made and read here only (:meth:`StoryReport.to_json`, :meth:`StoryReport.from_json`). :func:`write_story_video`
-joins the shots into story.mp4 and draws storyboard.png; :func:`story_table` is the table printed at the end.
+rendered or skipped, whether the run was deterministic and whether characters trained on other base weights
+were allowed (and which were), and one entry per shot: its sidecar without the models, kept once at the top);
+its JSON is made and read here only (:meth:`StoryReport.to_json`, :meth:`StoryReport.from_json`).
+:func:`write_story_video` joins the shots into story.mp4 and draws storyboard.png; :func:`story_table` is the
+table printed at the end.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class ModelsRecord:
     preset: str
     render: dict  # the render components' record (as in each sidecar)
     depth_model: str
+    specification: dict | None = None  # what --models, --model-config and the swaps asked for, and resolved to
+    shot_defaults: dict | None = None  # the preset's steps, guidance and scheduler (each shot's settings.sources
+                                       # says which of its values came from the preset)
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,14 @@ class StoryReport:
     seconds: float
     shots: list[ReportShot]
     report_version: int = REPORT_VERSION
+    deterministic: dict | None = None  # the deterministic settings of a --deterministic run, else None
+    allow_other_base: bool = False  # --allow-other-base: characters trained on other base weights rendered
+
+    @property
+    def characters_on_other_base(self) -> list[str]:
+        """The characters rendered on base weights other than the ones they were trained on."""
+        return sorted({name for shot in self.shots for name, use in shot.sidecar.characters.items()
+                       if use.base_weights == "other"})
 
     def to_json(self) -> dict:
         return {
@@ -104,6 +117,9 @@ class StoryReport:
             "models": asdict(self.models),
             "index": None if self.index is None else asdict(self.index),
             "crossfade_s": self.crossfade_s,
+            "deterministic": self.deterministic,
+            "allow_other_base": self.allow_other_base,
+            "characters_on_other_base": self.characters_on_other_base,
             "story": asdict(self.story),
             "planned": self.planned,
             "rendered": list(self.rendered),
@@ -120,7 +136,8 @@ class StoryReport:
                    crossfade_s=data["crossfade_s"], story=StoryVideo(**data["story"]), planned=data["planned"],
                    rendered=data["rendered"], skipped=data["skipped"], seconds=data["seconds"],
                    shots=[ReportShot.from_json(shot) for shot in data["shots"]],
-                   report_version=data["report_version"])
+                   report_version=data["report_version"], deterministic=data.get("deterministic"),
+                   allow_other_base=data.get("allow_other_base", False))
 
     @classmethod
     def read(cls, path: Path) -> StoryReport:

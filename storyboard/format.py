@@ -23,6 +23,14 @@ Every field a shot leaves out comes from ``defaults`` (:meth:`Storyboard.shot_se
 Unknown fields are refused, so a typo such as ``tua`` is an error rather than a silently ignored
 setting. Relative paths (embedding files, clips) are relative to the storyboard file's folder; the
 loader (:func:`storyboard.load_storyboard`) resolves them and checks that the files exist.
+
+**Model defaults.** ``steps``, ``guidance`` and ``scheduler`` that the storyboard does not set come from the
+model preset when the caller passes its defaults (``model_defaults``, the preset's
+``ModelPreset.shot_defaults()``): a 4-step distilled model renders in 4 steps unless the storyboard asks
+for more. "Set" means written in the file (pydantic's ``model_fields_set``), even when the value equals
+the format's default; a value left out stays left out through :func:`storyboard.save_storyboard` and the
+planner's copies. Each :class:`ShotSettings` says where its values came from (``sources``: ``shot``,
+``storyboard``, ``preset``, or ``default``: the format's own).
 """
 
 from __future__ import annotations
@@ -39,17 +47,29 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     StringConstraints,
+    ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
-from storyboard.errors import Problem, StoryboardError, custom_error, describe, json_path, problems_error
+from storyboard.errors import (
+    Problem,
+    StoryboardError,
+    custom_error,
+    describe,
+    json_path,
+    problems_error,
+    problems_from_validation_error,
+)
 from storyboard.fingerprint import shot_hash
 from storyboard.shot_ids import unique_safe_ids
 from storyboard.shot_settings import ResolvedCharacter, ResolvedClip, ShotSettings, derive_seed, frames_for_duration
-from storyreel.models.presets import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from storyreel.errors import StoryreelError
+from storyreel.models.presets import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, SCHEDULER_NAMES
 
 FORMAT_VERSION = 1
 SCHEDULERS = SCHEDULER_NAMES  # the model registry's names
@@ -60,6 +80,17 @@ EMBEDDING_SUFFIX = ".safetensors"
 TOKEN_PATTERN = r"^<[A-Za-z0-9_-]+>$"
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _TOKEN_IN_TEXT = re.compile(r"<[^\s<>]+>")
+
+# Where a shot's value came from (ShotSettings.sources): the shot's own field, the storyboard's defaults,
+# the model preset's defaults, or the format's own default.
+FROM_SHOT = "shot"
+FROM_STORYBOARD = "storyboard"
+FROM_PRESET = "preset"
+FROM_DEFAULT = "default"
+# The defaults a model preset may give (ModelPreset.shot_defaults), and the settings whose source is told.
+MODEL_DEFAULT_KEYS = ("steps", "guidance", "scheduler")
+SOURCED_SETTINGS = ("width", "height", "frames", "fps", "steps", "guidance", "tau", "seed", "scheduler",
+                    "negative_prompt")
 
 # Constrained values, shared by the defaults and the shots that override them.
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -99,10 +130,10 @@ class Defaults(_Model):
     """Frames per shot (1-256), where the shot gives neither frames nor duration."""
     fps: Fps = 8.0
     """Frames per second of the story video; a shot's duration is converted at this rate."""
-    steps: Steps = 25
-    """Denoising steps (1-200)."""
-    guidance: Guidance = 7.5
-    """Classifier-free guidance scale (0-30)."""
+    steps: Steps = DEFAULT_STEPS
+    """Denoising steps (1-200); left out: the model preset's (25 for sd15, 4 for sd15-lightning)."""
+    guidance: Guidance = DEFAULT_GUIDANCE
+    """Classifier-free guidance scale (0-30; 1 or less: none); left out: the model preset's (7.5 for sd15)."""
     tau: Tau = 0.5
     """Structure guidance τ (Animate-A-Story): the fraction of denoising steps, from the first, that are
     guided by the retrieved clip's depth; 0 = none, 1 = all."""
@@ -111,7 +142,40 @@ class Defaults(_Model):
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     """Negative prompt of shots that give none ("" for none)."""
     scheduler: Scheduler = DEFAULT_SCHEDULER
-    """Diffusion scheduler: ddim, euler or dpmpp_2m."""
+    """Diffusion scheduler: ddim, euler, dpmpp_2m or lcm; left out: the model preset's (ddim for sd15)."""
+
+    @model_serializer(mode="wrap")
+    def _keep_model_defaults_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # A value left to the model preset stays left out when the storyboard is dumped, copied or saved.
+        data = handler(self)
+        for key in MODEL_DEFAULT_KEYS:
+            if key not in self.model_fields_set:
+                data.pop(key, None)
+        return data
+
+
+class ModelDefaultsError(StoryreelError, ValueError):
+    """Model defaults (``model_defaults``) with a value the storyboard format does not allow."""
+
+
+class ModelDefaults(_Model):
+    """What a model preset renders with unless the storyboard says otherwise (None: no preset value)."""
+
+    steps: Steps | None = None
+    guidance: Guidance | None = None
+    scheduler: Scheduler | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping | ModelDefaults | None) -> ModelDefaults:
+        """Validated defaults from ``{"steps": 4, "guidance": 1.0, "scheduler": "euler"}`` (any subset);
+        :class:`ModelDefaultsError` names the key of a bad value."""
+        if isinstance(values, ModelDefaults):
+            return values
+        try:
+            return cls.model_validate(dict(values or {}))
+        except ValidationError as exc:
+            problems = problems_from_validation_error(exc, cls.model_json_schema())
+            raise ModelDefaultsError("model defaults: " + "; ".join(str(p) for p in problems)) from None
 
 
 class Character(_Model):
@@ -379,10 +443,37 @@ class Storyboard(_Model):
         embedding = self.resolve_path(character.embedding) if character.embedding is not None else None
         return ResolvedCharacter(name, character.token, character.class_word, embedding, character.scale)
 
-    def shot_settings(self, shot: str | int) -> ShotSettings:
-        """Everything the render needs for one shot (given by id or position), defaults merged in."""
+    def setting_sources(self, shot: str | int,
+                        model_defaults: Mapping | ModelDefaults | None = None) -> dict[str, str]:
+        """Where each of the shot's settings (:data:`SOURCED_SETTINGS`) comes from: ``shot`` (its own field),
+        ``storyboard`` (the defaults, set in the file), ``preset`` (``model_defaults``) or ``default`` (the
+        format's own default)."""
+        model = ModelDefaults.from_mapping(model_defaults)
+        item = self.shot(shot)
+        own = {"frames": item.frames is not None or item.duration is not None, "tau": item.tau is not None,
+               "seed": item.seed is not None, "negative_prompt": item.negative_prompt is not None}
+        return {key: FROM_SHOT if own.get(key) else self._default_source(key, model) for key in SOURCED_SETTINGS}
+
+    def _default_source(self, key: str, model: ModelDefaults) -> str:
+        if key in self.defaults.model_fields_set:
+            return FROM_STORYBOARD
+        if key in MODEL_DEFAULT_KEYS and getattr(model, key) is not None:
+            return FROM_PRESET
+        return FROM_DEFAULT
+
+    def shot_settings(self, shot: str | int, model_defaults: Mapping | ModelDefaults | None = None) -> ShotSettings:
+        """Everything the render needs for one shot (given by id or position), defaults merged in.
+
+        ``model_defaults`` (``{"steps", "guidance", "scheduler"}``, any subset: the model preset's
+        :meth:`~storyreel.models.presets.ModelPreset.shot_defaults`) replace the format's defaults of the
+        values the storyboard does not set; without them every value is the storyboard's or the format's,
+        as before. :class:`ModelDefaultsError` for a value the format does not allow."""
+        model = ModelDefaults.from_mapping(model_defaults)
         index = self.shot_index(shot)
         item, defaults = self.shots[index], self.defaults
+        sources = self.setting_sources(index, model)
+        chosen = {key: getattr(model, key) if sources[key] == FROM_PRESET else getattr(defaults, key)
+                  for key in MODEL_DEFAULT_KEYS}
         clip = None
         if item.clip is not None:
             clip = ResolvedClip(self.resolve_path(item.clip.path), item.clip.start, item.clip.end)
@@ -399,27 +490,33 @@ class Storyboard(_Model):
             height=defaults.height,
             frames=self.shot_frames(index),
             fps=defaults.fps,
-            steps=defaults.steps,
-            guidance=defaults.guidance,
+            steps=chosen["steps"],
+            guidance=chosen["guidance"],
             tau=item.tau if item.tau is not None else defaults.tau,
             seed=self.shot_seed(index),
-            scheduler=defaults.scheduler,
+            scheduler=chosen["scheduler"],
             characters=tuple(self.character(name) for name in item.characters),
             clip=clip,
+            sources=sources,
         )
 
-    def all_shot_settings(self) -> list[ShotSettings]:
-        """:meth:`shot_settings` of every shot, in story order."""
-        return [self.shot_settings(i) for i in range(len(self.shots))]
+    def all_shot_settings(self, model_defaults: Mapping | ModelDefaults | None = None) -> list[ShotSettings]:
+        """:meth:`shot_settings` of every shot, in story order (``model_defaults``: the model preset's, such
+        as ``{"steps": 4, "guidance": 1.0, "scheduler": "euler"}``)."""
+        model = ModelDefaults.from_mapping(model_defaults)
+        return [self.shot_settings(i, model) for i in range(len(self.shots))]
 
-    def settings_hash(self, shot: str | int, extra: Mapping | None = None) -> str:
+    def settings_hash(self, shot: str | int, extra: Mapping | None = None,
+                      model_defaults: Mapping | ModelDefaults | None = None) -> str:
         """A stable SHA-256 (hex) of everything that determines the shot's output
-        (:mod:`storyboard.fingerprint`); ``extra`` adds what the caller knows (index, models, code version).
-        Raises :class:`StoryboardError` when a file the shot uses is missing."""
+        (:mod:`storyboard.fingerprint`); ``extra`` adds what the caller knows (index, models, code version);
+        ``model_defaults`` as in :meth:`shot_settings` (give the same ones). The hash covers the resolved
+        values, not where they came from: without model defaults, or with defaults equal to the format's,
+        it is what it always was. Raises :class:`StoryboardError` when a file the shot uses is missing."""
         missing = self.missing_files(shot)
         if missing:
             raise StoryboardError(missing, self._source)
-        return shot_hash(self.shot_settings(shot), extra)
+        return shot_hash(self.shot_settings(shot, model_defaults), extra)
 
 
 def storyboard_json_schema() -> dict:

@@ -40,7 +40,8 @@ def report_path(out: Path) -> Path:
 @click.option("--height", type=int, default=512, show_default=True, help="Frame height (multiple of 8).")
 @click.option("--frames", type=int, default=16, show_default=True, help="Frames per shot.")
 @click.option("--fps", type=float, default=8.0, show_default=True, help="Frames per second.")
-@click.option("--steps", type=int, default=25, show_default=True, help="Denoising steps.")
+@click.option("--steps", type=int, default=None,
+              help="Denoising steps [default: the render model preset's: 25 for sd15, 4 for sd15-lightning].")
 @click.option("--seed", type=int, default=0, show_default=True, help="The story's seed.")
 @click.option("--negative-prompt", default=None, help="The story's negative prompt [default: the format's].")
 @click.option("--llm-base-url", default=None,

@@ -45,7 +45,7 @@ class PlanStoryJob:
     height: int = 512
     frames: int = 16
     fps: float = 8.0
-    steps: int = 25
+    steps: int | None = None  # None: the render model preset's (25 for sd15, 4 for sd15-lightning)
     seed: int = 0
     negative_prompt: str | None = None
     llm_base_url: str | None = None
@@ -80,8 +80,9 @@ class PlanStoryJob:
 
         negative = DEFAULT_NEGATIVE_PROMPT if self.negative_prompt is None else self.negative_prompt
         try:
-            return Defaults(width=self.width, height=self.height, frames=self.frames, fps=self.fps, steps=self.steps,
-                            seed=self.seed, negative_prompt=negative)
+            optional = {"steps": self.steps} if self.steps is not None else {}  # unset: the preset decides
+            return Defaults(width=self.width, height=self.height, frames=self.frames, fps=self.fps, seed=self.seed,
+                            negative_prompt=negative, **optional)
         except ValidationError as exc:
             problem = problems_from_validation_error(exc, Defaults.model_json_schema())[0]
             raise PlanStoryJobError(DEFAULT_FLAGS.get(problem.path, problem.path), problem.message) from None

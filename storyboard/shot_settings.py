@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -54,6 +54,8 @@ class ShotSettings:
     ``prompt`` is the shot's caption, or its text where it has no caption; ``motion_query`` is its
     motion query, or its text; ``negative_prompt`` is the shot's own, or the default. ``tau`` is the
     fraction of denoising steps that are guided by the retrieved clip's depth (Animate-A-Story's τ).
+    ``sources`` says where each render setting came from (setting → ``shot``, ``storyboard``, ``preset``
+    or ``default``; :meth:`storyboard.Storyboard.setting_sources`); it is not part of the settings hash.
     """
 
     index: int
@@ -75,6 +77,7 @@ class ShotSettings:
     scheduler: str
     characters: tuple[ResolvedCharacter, ...]
     clip: ResolvedClip | None
+    sources: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:

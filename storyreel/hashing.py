@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,15 +33,26 @@ def file_sha256(path: str | os.PathLike) -> str:
     return _FILE_HASHES[key]
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
+FINGERPRINT_VALUES = 4096  # values hashed per tensor
+
+
+def weights_fingerprint(model: torch.nn.Module, value_dtype: torch.dtype | None = None) -> str:
     """A short hash of a model's weights: names, shapes and the first 4096 values of each tensor ("meta" for a
-    model on the meta device, which has no values)."""
+    model on the meta device, which has no values); see :func:`state_fingerprint`."""
+    return state_fingerprint(model.state_dict(), value_dtype)
+
+
+def state_fingerprint(state: Mapping[str, torch.Tensor], value_dtype: torch.dtype | None = None) -> str:
+    """16 hex digits over the names, shapes and first values of a state dict's tensors, the values cast to
+    ``value_dtype`` first (default float32; float16 makes float32 and float16 copies of the same weights
+    match)."""
     import torch
 
+    value_dtype = value_dtype or torch.float32
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         if tensor.device.type == "meta":
             return "meta"
         digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().flatten()[:4096].to(torch.float32).cpu().numpy().tobytes())
+        digest.update(tensor.detach().flatten()[:FINGERPRINT_VALUES].to(value_dtype).cpu().numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -44,6 +44,7 @@ import torch
 from storyreel.devices import default_device
 from storyreel.errors import ModelLoadError, first_line
 from storyreel.hashing import weights_fingerprint
+from storyreel.models.presets import DEPTH_MODEL_REPOS
 from storyreel.models.presets import PRESETS as MODEL_PRESETS
 from storyreel.seeding import seeded
 from storyreel.weights_policy import PICKLE_REFUSAL, PICKLE_SUFFIXES
@@ -110,11 +111,7 @@ class HubPreset:
     revision: str | None = None
 
 
-HUB_PRESETS = {
-    "dpt-hybrid": HubPreset("Intel/dpt-hybrid-midas", revision="refs/pr/5"),
-    "dpt-large": HubPreset("Intel/dpt-large"),
-    "depth-anything-v2": HubPreset("depth-anything/Depth-Anything-V2-Small-hf"),
-}
+HUB_PRESETS = {name: HubPreset(repo_id, revision) for name, (repo_id, revision) in DEPTH_MODEL_REPOS.items()}
 RANDOM_PRESETS = {
     "dpt-hybrid-random": DPT_HYBRID_CONFIG,
     "dpt-large-random": DPT_LARGE_CONFIG,

@@ -108,3 +108,15 @@ def tiny_depth_model():
     from structure.depth_models import load_depth_model
 
     return load_depth_model("tiny", device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning OpenMP
+    threads made the first sampler test take 30 s instead of 1 s: one thread for the module, then restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -92,7 +92,8 @@ def test_help_and_quiet_are_the_same_everywhere(name):
     ("train-character", ["--images", "i", "--name", "n", "--token", "<n>", "--class-word", "c", "--out",
                          "o.safetensors", "--reg-ratio", "2"], "--reg-ratio: must be between 0 and 1, got 2"),
     ("train-character", ["--images", "i", "--name", "n", "--token", "<n>", "--class-word", "c", "--out",
-                         "o.safetensors", "--models", "huge"], "--models: 'huge' is not one of 'sd15', 'tiny'"),
+                         "o.safetensors", "--models", "huge"],
+     "--models: unknown --models value 'huge'; use one of sd15, tiny"),
     ("render-story", ["s.json", "--out", "o", "--engine", "gpu"], "--engine: 'gpu' is not one of 'local', 'ray'"),
     ("plan-story", ["p.txt"], "missing option '--out'"),
 ])

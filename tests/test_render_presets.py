@@ -3,7 +3,6 @@ sizes (checked against the real config files), sd15 fails fast offline, and mode
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
@@ -11,6 +10,7 @@ import time
 
 import pytest
 import torch
+from model_checks import full_hash
 
 from storyreel.models import architectures, presets, schedulers
 from storyreel.models.clip_tokenizer import build_clip_tokenizer
@@ -28,14 +28,6 @@ SD15_DIR = "stable-diffusion-v1-5"
 # Parameter counts of the real models (meta-device counts): FIELD-NOTES, and v1-5-3 (no motion mid block).
 REAL_SIZES = {"unet2d": 859.5e6, "controlnet": 361.3e6, "motion_adapter_v152": 453.2e6, "vae": 83.7e6,
               "text_encoder": 123.1e6, "motion_adapter": 417.1e6}
-
-
-def _full_hash(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -58,18 +50,18 @@ def test_tiny_is_deterministic_and_leaves_the_global_rng_alone(components):
     again = load_render_components("tiny", device="cpu")
     assert torch.equal(state, torch.random.get_rng_state())
     for name, model in components.models().items():
-        assert _full_hash(model) == _full_hash(getattr(again, name)), name
+        assert full_hash(model) == full_hash(getattr(again, name)), name
     assert components.weights_fingerprint() == again.weights_fingerprint()
     assert components.record() == again.record()
     # one seed per component: a part built alone equals the same part of the whole preset
     alone = architectures.build_tiny_components(only={"controlnet", "vae"})
     assert alone["unet"] is None and alone["tokenizer"] is None
-    assert _full_hash(alone["controlnet"]) == _full_hash(components.controlnet)
-    assert _full_hash(alone["vae"]) == _full_hash(components.vae)
+    assert full_hash(alone["controlnet"]) == full_hash(components.controlnet)
+    assert full_hash(alone["vae"]) == full_hash(components.vae)
     # a different preset seed gives different weights (the hash would notice a change)
     other = architectures._build_preset(architectures.TINY_CONFIGS, architectures.TINY_SEED + 1, None, {"controlnet"},
                                         True, True)
-    assert _full_hash(other["controlnet"]) != _full_hash(components.controlnet)
+    assert full_hash(other["controlnet"]) != full_hash(components.controlnet)
 
 
 def test_tiny_has_the_real_architectures(components):

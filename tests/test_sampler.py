@@ -32,14 +32,9 @@ def _depth(frames: int, size: int = SIZE, shift: float = 0.0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning OpenMP
-    threads made the first test take 30 s instead of 1 s; restored after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)  # the global RNG state the tests start from
-    yield
-    torch.set_num_threads(before)
+def seeded_global_rng(one_thread):
+    """The global RNG state the tests start from (after the one-thread set-up of tests/conftest.py)."""
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="module")

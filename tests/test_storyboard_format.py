@@ -253,7 +253,7 @@ def test_json_schema_describes_the_format():
     assert {"minimum": 0, "maximum": 1} in [{k: b[k] for k in ("minimum", "maximum") if k in b}
                                              for b in shot["tau"]["anyOf"]]
     defaults = schema["$defs"]["Defaults"]["properties"]
-    assert defaults["scheduler"]["enum"] == ["ddim", "euler", "dpmpp_2m"]
+    assert defaults["scheduler"]["enum"] == ["ddim", "euler", "dpmpp_2m", "lcm"]
     assert defaults["width"]["multipleOf"] == 8 and defaults["width"]["default"] == 512
     assert "denoising steps" in defaults["tau"]["description"]
     assert schema["$defs"]["Character"]["properties"]["token"]["pattern"] == "^<[A-Za-z0-9_-]+>$"
@@ -288,7 +288,7 @@ MALFORMED = [
     ("frames-string", lambda d: d["shots"][0].update(frames="16"), "shots[0].frames: must be a whole number, got '16'"),
     ("frames-float", lambda d: d["shots"][0].update(frames=16.0), "shots[0].frames: must be a whole number, got 16.0"),
     ("unknown-scheduler", lambda d: d.update(defaults={"scheduler": "pndm"}),
-     "defaults.scheduler: must be one of 'ddim', 'euler', 'dpmpp_2m', got 'pndm'"),
+     "defaults.scheduler: must be one of 'ddim', 'euler', 'dpmpp_2m', 'lcm', got 'pndm'"),
     ("unknown-character", lambda d: d["shots"][1].update(characters=["fox", "tortoise"]),
      "shots[1].characters[0]: unknown character 'fox' (the storyboard's characters: hare, tortoise)"),
     ("character-twice", lambda d: d["shots"][2].update(characters=["hare", "hare"]),

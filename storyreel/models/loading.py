@@ -1,24 +1,24 @@
-"""Loading the render's components: a preset, optionally with components replaced by hub ids or local folders.
+"""Loading the render's components from a :class:`~storyreel.models.specification.ModelSpecification` or a preset.
 
-``load_render_components(preset, overrides, config_file, device, dtype)`` gives a :class:`RenderComponents`:
-tokenizer, text encoder, VAE, UNet with the motion modules (``UNetMotionModel``), depth ControlNet and
-scheduler, plus :meth:`RenderComponents.record` (what a report stores about them).
+``load_render_components(specification_or_preset, overrides, config_file, device, dtype, scheduler)`` gives a
+:class:`RenderComponents`: tokenizer, text encoder, VAE, UNet with the motion modules (``UNetMotionModel``),
+depth ControlNet and scheduler, plus :meth:`RenderComponents.record` (what a report stores about them).
 
-Overrides come from a TOML file and/or a dict (the dict wins), with the keys of a ``[components]`` table::
+What to load is a :class:`~storyreel.models.specification.ModelSpecification` (validated first: nothing loads
+when a value is bad), or, as before, a preset name with ``overrides`` (a dict of ``[components]`` values that
+wins over the file) and a TOML ``config_file`` (:mod:`storyreel.models.specification` describes both). Each
+component comes from
 
-    [components]
-    base = "stable-diffusion-v1-5/stable-diffusion-v1-5"   # SD1.5 layout: tokenizer/, text_encoder/, vae/, unet/
-    motion_adapter = "guoyww/animatediff-motion-adapter-v1-5-3"
-    controlnet = "models/control_v11f1p_sd15_depth"       # a local folder (relative to this file)
-    vae = "stabilityai/sd-vae-ft-mse"                       # optional: tokenizer, text_encoder, vae, unet
+* a diffusers / transformers folder, local or on the hub (``from_pretrained``; a folder with only pickle
+  checkpoints is refused);
+* one SD1.5 checkpoint in the original layout for ``base`` (text encoder, VAE and UNet through diffusers'
+  single-file loading against the architecture's configs, offline; the built-in CLIP tokenizer), or one
+  motion adapter file (:mod:`storyreel.models.single_file`), local or ``org/name/file.safetensors`` on the hub;
+* the preset's own seeded weights (``tiny``, ``sd15-random``).
 
-A value is a local folder when it starts with ``/``, ``.`` or ``~`` or names an existing folder (relative
-paths in a TOML file are relative to the file); otherwise a hub id ``org/name``, optionally
-``org/name/subfolder`` and ``@revision``. ``base`` fills the four SD1.5 components from their subfolders;
-a per-component value points at that component's own folder (or at an SD1.5-layout folder or repository
-holding it in the subfolder of its name). Only safetensors weights are loaded: a folder with only pickle
-checkpoints (``.bin``, ``.ckpt``, ...) is refused. When the hub cannot be reached (offline), the error
-names the component and the id, and says how to point at a downloaded folder or use ``--models tiny``.
+A UNet LoRA (``lora``, the preset's or the file's) is fused into the merged UNet at ``lora_scale``. When the
+hub cannot be reached (offline), the error names the component and the id, and says how to point at a
+downloaded folder (``fetch-models``) or use ``--models tiny``. Only safetensors weights are loaded.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,59 +35,34 @@ from typing import Any
 import torch
 
 from storyreel.devices import default_device
-from storyreel.errors import ModelLoadError, StoryreelError, first_line
+from storyreel.errors import ModelLoadError, first_line
 from storyreel.hashing import weights_fingerprint
-from storyreel.models import architectures, presets
-from storyreel.models.schedulers import make_scheduler
+from storyreel.models import architectures, presets, single_file
+from storyreel.models.specification import (
+    BASE_PARTS,
+    COMPONENT_KEYS,
+    ComponentSource,
+    ModelConfigError,
+    ModelSpecification,
+    ResolvedModels,
+    architecture_configs,
+    parse_source,
+    read_config_file,
+)
 from storyreel.weights_policy import PICKLE_REFUSAL, PICKLE_SUFFIXES
 
-COMPONENT_KEYS = ("base", "tokenizer", "text_encoder", "vae", "unet", "motion_adapter", "controlnet")
-BASE_PARTS = ("tokenizer", "text_encoder", "vae", "unet")
+__all__ = ["BASE_PARTS", "COMPONENT_KEYS", "LOAD_ORDER", "ComponentSource", "ModelConfigError", "ModelSpecification",
+           "RenderComponents", "RenderModelLoadError", "base_model_record", "check_compatible", "load_component",
+           "load_render_components", "parse_source", "read_config_file", "resolve_models", "resolve_sources"]
+
 # The order components are loaded in: small first, so an offline failure comes before gigabytes are read.
 LOAD_ORDER = ("tokenizer", "text_encoder", "vae", "controlnet", "motion_adapter", "unet")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)*$")
+CHECKPOINT_PARTS = single_file.SD_CHECKPOINT_PARTS  # what one original-layout checkpoint holds
 _METADATA_KEY = re.compile(r"^_|^(transformers_version|architectures|dtype|torch_dtype|model_type)$")
 
 
 class RenderModelLoadError(ModelLoadError):
     """A render component that cannot be built or loaded; the message says which and what to do instead."""
-
-
-class ModelConfigError(StoryreelError, ValueError):
-    """A bad model configuration (TOML file or overrides); ``path`` and ``field`` say where."""
-
-    def __init__(self, path: Path | str | None, field: str | None, detail: str):
-        super().__init__(path, field, detail)
-        self.path = path
-        self.field = field
-        self.detail = detail
-
-    def __str__(self) -> str:
-        where = [str(self.path)] if self.path else []
-        if self.field:
-            where.append(f"[components] {self.field}" if self.field in COMPONENT_KEYS else self.field)
-        return f"{': '.join(where)}: {self.detail}" if where else self.detail
-
-
-@dataclass(frozen=True)
-class ComponentSource:
-    """Where one component comes from: ``kind`` is ``hub``, ``local``, ``tiny`` or ``random``."""
-
-    kind: str
-    location: str
-    subfolder: str | None = None
-    revision: str | None = None
-    key: str | None = None  # the [components] key that chose it (None: the preset)
-
-    def describe(self) -> str:
-        if self.kind in ("tiny", "random"):
-            return f"the {self.location} preset"
-        where = f"'{self.location}'" + (f" (subfolder '{self.subfolder}')" if self.subfolder else "")
-        return where + (f" at revision {self.revision}" if self.revision else "")
-
-    def as_record(self) -> dict:
-        return {"kind": self.kind, "source": self.location, "subfolder": self.subfolder,
-                "revision": self.revision if self.kind != "hub" else (self.revision or "main")}
 
 
 # -- fingerprints ---------------------------------------------------------------------------------------
@@ -138,6 +112,7 @@ class RenderComponents:
     sources: dict[str, ComponentSource] = field(default_factory=dict)
     config_fingerprints: dict[str, str] = field(default_factory=dict)  # at load time, incl. motion_adapter
     offload: Any = None  # a storyreel.models.offload.ModelOffload after enable_model_cpu_offload()
+    lora: dict | None = None  # the LoRA fused into the UNet: its source record and scale (None: none)
 
     @property
     def device(self) -> torch.device:
@@ -195,7 +170,7 @@ class RenderComponents:
             entry["class"] = type(live).__name__ if live is not None else "MotionAdapter"
             entry["config"] = config_fingerprint(live) if live is not None else self.config_fingerprints.get(name)
             components[name] = entry
-        return {
+        record = {
             "preset": self.preset,
             "components": components,
             "scheduler": {"name": self.scheduler_name, "class": type(self.scheduler).__name__,
@@ -204,6 +179,9 @@ class RenderComponents:
             "dtype": str(self.dtype).removeprefix("torch."),
             "cpu_offload": self.offload is not None,
         }
+        if self.lora is not None:  # only then: records of models without a LoRA stay as they were
+            record["lora"] = self.lora
+        return record
 
 
 def base_model_record(components) -> dict:
@@ -226,97 +204,20 @@ def _move(model: torch.nn.Module, device, dtype) -> torch.nn.Module:
         return model.to(**kwargs)
 
 
-# -- configuration: TOML file and overrides -------------------------------------------------------------
-def _looks_local(text: str) -> bool:
-    return text.startswith(("/", ".", "~")) or (os.sep != "/" and os.sep in text)
-
-
-def parse_source(value: Any, key: str, path: Path | None = None) -> ComponentSource:
-    """``value`` (str or Path) → :class:`ComponentSource`; relative folders resolve against ``path``'s folder."""
-    if isinstance(value, Path):
-        text = str(value)
-    elif isinstance(value, str):
-        text = value.strip()
-    else:
-        raise ModelConfigError(path, key, f"expected a string (a hub id or a folder), got {type(value).__name__}")
-    if not text:
-        raise ModelConfigError(path, key, "empty value; give a hub id (org/name) or a local folder")
-    base_dir = path.parent if path is not None else Path.cwd()
-    candidate = Path(text).expanduser()
-    candidate = candidate if candidate.is_absolute() else base_dir / candidate
-    if isinstance(value, Path) or _looks_local(text) or candidate.exists():
-        if candidate.suffix.lower() in PICKLE_SUFFIXES:
-            raise ModelConfigError(path, key, f"refusing '{text}': {PICKLE_REFUSAL}; give a "
-                                              "folder with .safetensors weights")
-        if candidate.is_file():
-            raise ModelConfigError(path, key, f"'{text}' is a file; give the folder that holds its config.json "
-                                              "and .safetensors weights (the diffusers / transformers layout)")
-        if not candidate.is_dir():
-            raise ModelConfigError(path, key, f"no such folder '{candidate}'")
-        return ComponentSource("local", str(candidate.resolve()), key=key)
-    repo, at, revision = text.partition("@")
-    if not _HUB_ID.match(repo) or (at and not revision):
-        raise ModelConfigError(path, key, f"'{text}' is neither an existing folder nor a hub id "
-                                          "(org/name, org/name/subfolder, optionally @revision)")
-    org, name, *sub = repo.split("/")
-    return ComponentSource("hub", f"{org}/{name}", subfolder="/".join(sub) or None, revision=revision or None,
-                           key=key)
-
-
-def read_config_file(path: Path | str) -> dict[str, ComponentSource]:
-    """The ``[components]`` table of a TOML file; unknown keys are refused, naming the key and the file."""
-    path = Path(path).expanduser()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelConfigError(path, None, "no such model config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelConfigError(path, None, f"cannot read the model config file: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ModelConfigError(path, None, f"not valid TOML: {exc}") from None
-    for key in data:
-        if key != "components":
-            raise ModelConfigError(path, key, "unknown key; a model config file holds one [components] table")
-    table = data.get("components", {})
-    if not isinstance(table, dict):
-        raise ModelConfigError(path, "components", "expected a [components] table")
-    return _parse_table(table, path)
-
-
-def _parse_table(table: dict, path: Path | None) -> dict[str, ComponentSource]:
-    sources = {}
-    for key, value in table.items():
-        if key not in COMPONENT_KEYS:
-            raise ModelConfigError(path, key, f"unknown component '{key}'; expected one of {', '.join(COMPONENT_KEYS)}")
-        sources[key] = parse_source(value, key, path)
-    return sources
+# -- what to load ---------------------------------------------------------------------------------------
+def resolve_models(preset: str, overrides: dict | None = None, config_file: Path | str | None = None) -> ResolvedModels:
+    """What ``load_render_components(preset, overrides, config_file)`` loads (no architecture checks: a preset
+    name with overrides loads what it is given, and the loaded components are checked against each other)."""
+    if preset not in presets.PRESETS:
+        raise RenderModelLoadError(f"unknown render model preset '{preset}'; use one of "
+                                   f"{', '.join(presets.PRESET_NAMES)} (and a TOML config to replace components)")
+    return ModelSpecification.from_overrides(preset, overrides, config_file).resolve()
 
 
 def resolve_sources(preset: str, overrides: dict | None = None,
                     config_file: Path | str | None = None) -> dict[str, ComponentSource]:
     """Where each of the six components comes from, after the file's and the dict's overrides."""
-    if preset not in presets.PRESETS:
-        raise RenderModelLoadError(f"unknown render model preset '{preset}'; use one of "
-                                   f"{', '.join(presets.PRESET_NAMES)} (and a TOML config to replace components)")
-    spec = presets.PRESETS[preset]
-    chosen = read_config_file(config_file) if config_file is not None else {}
-    chosen.update(_parse_table({k: v for k, v in (overrides or {}).items() if v is not None}, None))
-    if spec.render == "hub":
-        sources = {part: ComponentSource("hub", spec.base, subfolder=part) for part in BASE_PARTS}
-        sources["motion_adapter"] = ComponentSource("hub", spec.motion_adapter)
-        sources["controlnet"] = ComponentSource("hub", spec.controlnet)
-    else:  # "tiny" or "random": built in code with seeded weights
-        sources = {name: ComponentSource(spec.render, preset) for name in (*BASE_PARTS, "motion_adapter", "controlnet")}
-    if "base" in chosen:
-        base = chosen["base"]
-        for part in BASE_PARTS:
-            sub = f"{base.subfolder}/{part}" if base.subfolder else part
-            sources[part] = ComponentSource(base.kind, base.location, subfolder=sub, revision=base.revision,
-                                            key="base")
-    for name, source in chosen.items():
-        if name != "base":
-            sources[name] = source
-    return sources
+    return resolve_models(preset, overrides, config_file).sources
 
 
 # -- loading from the hub or a folder -------------------------------------------------------------------
@@ -341,22 +242,31 @@ def _offline() -> bool:
 
 
 def _load_error(name: str, source: ComponentSource, exc: BaseException) -> RenderModelLoadError:
-    key = source.key or (("base" if name in BASE_PARTS else name) if source.kind == "hub" else name)
+    on_hub = source.kind in ("hub", "hub_file")
+    key = source.key or (("base" if name in BASE_PARTS else name) if on_hub else name)
     reason = first_line(exc)
-    if source.kind == "hub":
+    if on_hub:
         if _offline():
             reason += " (the hub is offline, HF_HUB_OFFLINE is set, and the files are not in the local cache)"
-        download = f"hf download {source.location}" + (f" --revision {source.revision}" if source.revision else "")
-        hint = (f"Without network access, download it once ({download} --local-dir DIR) and point the render at the "
-                f"folder in a TOML model config ([components] {key} = \"DIR\"), or use --models tiny (the same "
-                "architecture with small random weights)")
+        revision = f" --revision {source.revision}" if source.revision else ""
+        if source.kind == "hub_file":
+            download = f"hf download {source.location} {source.filename}{revision}"
+            target = f"DIR/{source.filename}"
+        else:
+            download, target = f"hf download {source.location}{revision}", "DIR"
+        hint = (f"Without network access, download it once (fetch-models PRESET --out DIR writes DIR/models.toml; or "
+                f"{download} --local-dir DIR) and point the render at it in a TOML model config ([components] {key} = "
+                f"\"{target}\"), or use --models tiny (the same architecture with small random weights)")
         if source.key:
-            hint += (f". If '{source.location}' was meant as a local folder: no such folder (relative paths in a TOML "
-                     "model config are relative to the file)")
+            hint += (f". If '{source.location}' was meant as a local path: no such file or folder (relative paths in a "
+                     "TOML model config are relative to the file)")
+    elif source.is_single_file:
+        hint = "check that the file is a complete .safetensors file of the right model"
     else:
         hint = "check that the folder holds the component's config and .safetensors weights"
+    what = f"{name} ({_CLASSES[name][1]})" if name in _CLASSES else name
     return RenderModelLoadError(
-        f"cannot load the render's {name} ({_CLASSES[name][1]}) from {source.describe()}: {reason}. {hint}. "
+        f"cannot load the render's {what} from {source.describe()}: {reason}. {hint}. "
         "Only safetensors weights are loaded."
     )
 
@@ -485,28 +395,121 @@ def check_compatible(parts: dict, sources: dict[str, ComponentSource]) -> None:
         raise RenderModelLoadError("incompatible render components: " + "; ".join(problems) + f" ({where})")
 
 
-def load_render_components(preset: str = presets.DEFAULT_PRESET, overrides: dict | None = None,
-                           config_file: Path | str | None = None, device: str | torch.device | None = None,
-                           dtype: torch.dtype | None = None,
-                           scheduler: str = presets.DEFAULT_SCHEDULER) -> RenderComponents:
+def weights_file(name: str, source: ComponentSource) -> Path:
+    """The local path of a single-file component: the file itself, or the hub file downloaded to (or found in)
+    the hub cache (``HF_HUB_OFFLINE`` is honoured)."""
+    if source.kind == "file":
+        return Path(source.location)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(source.location, source.filename, revision=source.revision))
+    except Exception as exc:  # offline, missing, unauthorised: each is reported the same way
+        raise _load_error(name, source, exc) from exc
+
+
+def _architecture(preset: str, name: str, source: ComponentSource) -> tuple[dict, str]:
+    configs, architecture, _ = architecture_configs(preset)
+    if configs is None:
+        raise RenderModelLoadError(f"render {name}: preset '{preset}' has no architecture configs to load "
+                                   f"{source.describe()} against")
+    return configs, architecture
+
+
+def load_checkpoint_parts(preset: str, source: ComponentSource, parts, dtype: torch.dtype = torch.float32) -> dict:
+    """``parts`` (of text_encoder, vae, unet) from one SD1.5 checkpoint in the original layout, against the
+    preset's architecture (:func:`storyreel.models.single_file.load_sd_checkpoint`)."""
+    configs, architecture = _architecture(preset, "base", source)
+    path = weights_file("unet", source)
+    try:
+        problem = single_file.sd_checkpoint_problem(single_file.tensor_shapes(path), configs, parts, architecture)
+        if problem:
+            raise single_file.SingleFileMismatch(f"not {architecture} checkpoint: {problem}")
+        return single_file.load_sd_checkpoint(path, parts, configs, dtype)
+    except (single_file.SingleFileMismatch, single_file.UnreadableWeightsFile) as exc:
+        raise _load_error("base", source, exc) from exc
+
+
+def load_motion_adapter_file(preset: str, source: ComponentSource, dtype: torch.dtype = torch.float32):
+    """A single-file motion adapter (local or on the hub), configured for the preset's architecture."""
+    configs, architecture = _architecture(preset, "motion_adapter", source)
+    path = weights_file("motion_adapter", source)
+    try:
+        problem = single_file.motion_adapter_problem(single_file.tensor_shapes(path), configs["unet"], architecture)
+        if problem:
+            raise single_file.SingleFileMismatch(problem)
+        return single_file.load_motion_adapter_file(path, configs["motion_adapter"], dtype)
+    except (single_file.SingleFileMismatch, single_file.UnreadableWeightsFile) as exc:
+        raise _load_error("motion_adapter", source, exc) from exc
+
+
+def fuse_lora(unet, source: ComponentSource, scale: float) -> dict:
+    """Fuse the LoRA file of ``source`` into ``unet`` at ``scale``; returns what the record stores about it."""
+    path = weights_file("lora", source)
+    try:
+        problem = single_file.lora_problem(single_file.tensor_shapes(path))
+        if problem:
+            raise single_file.SingleFileMismatch(problem)
+        layers = single_file.fuse_lora_file(unet, path, scale)
+    except (single_file.SingleFileMismatch, single_file.UnreadableWeightsFile) as exc:
+        raise _load_error("lora", source, exc) from exc
+    return {**source.as_record(), "scale": scale, "layers": layers}
+
+
+def _load_parts(resolved: ResolvedModels, dtype: torch.dtype) -> dict:
+    """Every component that is not built in code, in :data:`LOAD_ORDER` (a single checkpoint gives its parts
+    at once)."""
+    from storyreel.models.clip_tokenizer import build_clip_tokenizer
+
+    sources, parts = resolved.sources, {}
+    for name in LOAD_ORDER:
+        source = sources[name]
+        if name in parts or source.kind in ("tiny", "random"):
+            continue
+        if source.kind == "builtin":
+            parts[name] = build_clip_tokenizer()
+        elif source.is_single_file and name in CHECKPOINT_PARTS:
+            together = [part for part in CHECKPOINT_PARTS if sources[part] == source]
+            parts.update(load_checkpoint_parts(resolved.preset, source, together, dtype))
+        elif source.is_single_file and name == "motion_adapter":
+            parts[name] = load_motion_adapter_file(resolved.preset, source, dtype)
+        else:
+            parts[name] = load_component(name, source, dtype=dtype)
+    return parts
+
+
+def load_render_components(specification_or_preset: ModelSpecification | str = presets.DEFAULT_PRESET,
+                           overrides: dict | None = None, config_file: Path | str | None = None,
+                           device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                           scheduler: str | None = None) -> RenderComponents:
     """Build or load the render's components (see the module docstring).
 
+    ``specification_or_preset``: a :class:`ModelSpecification` (validated first; then ``overrides`` and
+    ``config_file`` are not taken), or a preset name with ``overrides`` and a TOML ``config_file``.
     ``device`` defaults to CUDA when there is one, else the CPU; "meta" builds the ``tiny`` and
     ``sd15-random`` presets without memory (shapes and parameter counts only). ``dtype`` defaults to
-    float16 on CUDA and float32 elsewhere. Raises :class:`ModelConfigError` for a bad config and
+    float16 on CUDA and float32 elsewhere. ``scheduler`` defaults to the preset's (with the preset's
+    scheduler settings either way). Raises :class:`ModelConfigError` for a bad specification or config and
     :class:`RenderModelLoadError` for components that cannot be loaded.
     """
+    from storyreel.models.schedulers import preset_scheduler
+
+    if isinstance(specification_or_preset, ModelSpecification):
+        if overrides is not None or config_file is not None:
+            raise TypeError("give overrides and config_file inside the ModelSpecification")
+        resolved = specification_or_preset.validate()
+    else:
+        resolved = resolve_models(specification_or_preset, overrides, config_file)
+    preset, sources = resolved.preset, resolved.sources
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    sources = resolve_sources(preset, overrides, config_file)
-    if device.type == "meta" and any(s.kind in ("hub", "local") for s in sources.values()):
+    if device.type == "meta" and (resolved.lora is not None or
+                                  any(s.kind not in ("tiny", "random") for s in sources.values())):
         raise RenderModelLoadError("the meta device only builds the tiny and sd15-random presets' own components")
-    scheduler_object = make_scheduler(scheduler)  # an unknown name fails before anything is loaded
+    scheduler_name = scheduler or presets.PRESETS[preset].scheduler
+    scheduler_object = preset_scheduler(preset, scheduler_name)  # an unknown name fails before anything is loaded
 
-    parts = {}
-    for name in LOAD_ORDER:  # loaded parts first: a missing one fails before anything is built
-        if sources[name].kind in ("hub", "local"):
-            parts[name] = load_component(name, sources[name], dtype=dtype)
+    parts = _load_parts(resolved, dtype)  # loaded parts first: a missing one fails before anything is built
     generated = {name for name, source in sources.items() if source.kind in ("tiny", "random")}
     merge_here = {"unet", "motion_adapter"} <= generated  # else the UNet is merged with the adapter below
     if generated:
@@ -523,10 +526,10 @@ def load_render_components(preset: str = presets.DEFAULT_PRESET, overrides: dict
             parts["unet"] = architectures.merge_motion_adapter(unet2d, _move(adapter, device, None))
         del unet2d
     del adapter
+    lora = fuse_lora(parts["unet"], resolved.lora, resolved.lora_scale) if resolved.lora is not None else None
     for name in ("text_encoder", "vae", "unet", "controlnet"):
         parts[name] = _move(parts[name], None if device.type == "meta" else device, dtype).eval()
         parts[name].requires_grad_(False)
     fingerprints["unet"] = config_fingerprint(parts["unet"])
-    return RenderComponents(preset=preset, scheduler=scheduler_object, scheduler_name=scheduler, sources=sources,
-                            config_fingerprints=fingerprints, **parts)
-
+    return RenderComponents(preset=preset, scheduler=scheduler_object, scheduler_name=scheduler_name, sources=sources,
+                            config_fingerprints=fingerprints, lora=lora, **parts)
