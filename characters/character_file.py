@@ -16,7 +16,9 @@ Header (``__metadata__``, strings): ``storyreel_character`` (the format version)
 ``weights``, the fingerprint of the base weights it was trained on, which the render checks: see
 :func:`characters.character_set.base_weights_fingerprint`; files written before it was recorded lack it),
 ``base_signature`` (the structure the file needs: text width and vocabulary, training timesteps, a digest of
-the UNet's spatial attention shapes), ``training`` (the training settings and data), plus diffusers' own
+the UNet's spatial attention shapes), ``training`` (the training settings and data, and ``timeinv_coverage``:
+the updates of every table row and how the untrained ones were derived, :attr:`Character.coverage`; files
+written before it was recorded lack it), plus diffusers' own
 ``lora_adapter_metadata`` (the ``LoraConfig``: rank, alpha, target modules, so diffusers rebuilds the same
 adapter scale).
 
@@ -47,6 +49,7 @@ TABLE_KEY = "lora_bundle.timeinv_table"
 UNET_PREFIX = "unet."
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header key for the LoraConfig
 _JSON_FIELDS = ("base_model", "base_signature", "training")
+RENDER_SCHEDULERS = ("ddim", "euler", "dpmpp_2m")  # the schedulers whose rows the coverage check looks at
 
 
 @dataclass
@@ -96,6 +99,30 @@ class Character:
         """The mean over all training timesteps (each timestep counts once): the exported TI embedding."""
         index = row_index(torch.arange(self.num_train_timesteps), self.buckets, self.num_train_timesteps)
         return self.table.to(torch.float32)[index].mean(0)
+
+    @property
+    def coverage(self) -> dict | None:
+        """The training's TimeInv coverage, or None (a file from before it was recorded): ``rows``, ``updates``
+        (how many training steps updated each row, in row order), ``trained_rows``, ``derived_rows`` (rows no
+        step updated, derived from the trained ones: :func:`characters.timeinv.fill_untrained_rows`) and
+        ``derivation`` (how)."""
+        coverage = self.training.get("timeinv_coverage") if isinstance(self.training, dict) else None
+        if not isinstance(coverage, dict) or len(coverage.get("updates") or ()) != self.buckets:
+            return None
+        return coverage
+
+    def untrained_rows_read(self, steps: int = 25, schedulers=RENDER_SCHEDULERS) -> dict[str, list[int]] | None:
+        """``{scheduler: rows}``: the rows no training step updated that a ``steps``-step render with each
+        scheduler reads (empty lists when every row it reads was trained); None without a coverage record."""
+        from characters.timeinv import rows_read_by_render
+
+        coverage = self.coverage
+        if coverage is None:
+            return None
+        updates = coverage["updates"]
+        return {name: [row for row in rows_read_by_render(name, self.buckets, self.num_train_timesteps, steps)
+                       if not updates[row] > 0]
+                for name in schedulers}
 
     @property
     def metadata(self) -> dict:

@@ -375,14 +375,13 @@ class CharacterSet:
         state = {key[len(UNET_PREFIX):]: value for key, value in character.lora_state_dict.items()}
         result = set_peft_model_state_dict(unet, state, adapter_name=name)
         unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k and f".{name}." in k]
+        missing = [k for k in getattr(result, "missing_keys", []) if adapter_parameter_key(k, name) is not None]
         if unexpected or missing:
             unet.delete_adapters([name])
             raise CharacterFileError(character.path, f"the LoRA does not fit this UNet: "
                                                      f"{(unexpected or missing)[:3]} did not load")
-        for param_name, param in unet.named_parameters():
-            if f".{name}." in param_name and "lora_" in param_name:
-                param.requires_grad_(False)
+        for param in self.lora_parameters(name).values():
+            param.requires_grad_(False)
         return name
 
     def add_trainable(self, name: str, token: str, class_word: str, *, rank: int = 8, alpha: float | None = None,
@@ -421,12 +420,13 @@ class CharacterSet:
 
     # -- weights -------------------------------------------------------------------------------------
     def lora_parameters(self, name: str) -> dict[str, torch.nn.Parameter]:
-        """The adapter's parameters by peft key (``<module path>.lora_A.weight``), in sorted order."""
-        marker = f".{name}."
+        """The adapter's parameters by peft key (``<module path>.lora_A.weight``), in sorted order: exactly
+        those :func:`adapter_parameter_key` assigns to ``name``, whatever the name (``0``, ``attn1``, ``lora_A``)."""
         params = {}
         for param_name, param in self.components.unet.named_parameters():
-            if marker in param_name and ".lora_" in param_name:
-                params[param_name.replace(marker, ".", 1)] = param
+            key = adapter_parameter_key(param_name, name)
+            if key is not None:
+                params[key] = param
         return dict(sorted(params.items()))
 
     def lora_state_dict(self, name: str) -> dict[str, torch.Tensor]:
@@ -521,6 +521,23 @@ class CharacterSet:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+_LORA_MATRICES = ("lora_A", "lora_B")
+
+
+def adapter_parameter_key(param_name: str, adapter: str) -> str | None:
+    """The peft key (``<module path>.lora_A.weight``) of a UNet parameter of adapter ``adapter``, else None.
+
+    peft names an adapter's weights ``<module path>.lora_A.<adapter>.weight`` (and ``lora_B``): the adapter
+    is exactly the component after ``lora_A``/``lora_B``, followed by the final ``weight``. Matching the
+    components (not ``.<adapter>.`` anywhere in the name) keeps a character named ``0``, ``attn1``, ``to_q`` or
+    ``lora_A`` from collecting the module paths' own components, or another character's weights.
+    """
+    parts = param_name.split(".")
+    if len(parts) < 4 or parts[-1] != "weight" or parts[-2] != adapter or parts[-3] not in _LORA_MATRICES:
+        return None
+    return ".".join([*parts[:-2], parts[-1]])
 
 
 def check_name(name: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from characters.lora_targets import DEFAULT_LORA_TARGETS
 from characters.training_job import TrainCharacterJob
 from storyreel.command_line import FloatRange, IntRange, command, quiet_option
 from storyreel.models.model_options import model_options
@@ -39,14 +40,16 @@ def _note(text: str) -> None:
 @model_options()  # the character only works on the base model it was trained on
 @click.option("--steps", type=IntRange(min=1), default=1000, show_default=True, help="Training steps.")
 @click.option("--rank", type=IntRange(min=1), default=8, show_default=True, help="LoRA rank.")
-@click.option("--lora-targets", default="qkvo", show_default=True,
-              help="Spatial attention projections with LoRA: letters of qkvo (query, key, value, output).")
+@click.option("--lora-targets", default=DEFAULT_LORA_TARGETS, show_default=True,
+              help="Spatial attention projections with LoRA: letters of qkvo (query, key, value, output); "
+                   "qkv is the paper's, qkvo adds the output projection.")
 @click.option("--resolution", type=IntRange(min=8), default=512, show_default=True,
               help="Training size (square, a multiple of 8); smaller reference images are refused.")
 @click.option("--frames", type=IntRange(min=1), default=16, show_default=True,
               help="Frames per pseudo-video (the render's frame count).")
 @click.option("--buckets", type=IntRange(min=1), default=None,
-              help="Share the TimeInv table over this many timestep ranges [default: one row per timestep].")
+              help="Share the TimeInv table over this many timestep ranges [default: one row per timestep, the "
+                   "paper's; rows no step trains are interpolated from trained neighbours].")
 @click.option("--table-lr", type=FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
               help="Learning rate of the TimeInv table.")
 @click.option("--lora-lr", type=FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
@@ -139,6 +142,34 @@ def run(job: TrainCharacterJob) -> None:
                f"{character.training['steps_done']} steps in {seconds:.1f} s"
                + (f", last loss {loss:.4f}" if loss is not None else "") + f": {job.out}"
                + (f" (textual inversion: {job.export_ti})" if job.export_ti else ""))
+    report_coverage(character, settings.steps * settings.batch_size)
+
+
+RENDER_STEPS = 25  # the render length the coverage warning checks
+
+
+def report_coverage(character, videos: int) -> None:
+    """Print the TimeInv coverage (stdout) and warn (stderr) when a ``RENDER_STEPS``-step DDIM, Euler or DPM++
+    render reads a row no training step updated (in the file it is derived from its trained neighbours)."""
+    from characters.character_file import RENDER_SCHEDULERS
+
+    coverage = character.coverage
+    if coverage is None:
+        return
+    updates = coverage["updates"]
+    trained = [count for count in updates if count > 0]
+    click.echo(f"TimeInv coverage: {len(trained)} of {coverage['rows']} table rows trained (updates per trained row: "
+               f"{min(trained, default=0)} to {max(trained, default=0)}, "
+               f"{sum(trained) / max(len(trained), 1):.1f} on average)"
+               + (f"; the other {coverage['derived_rows']} derived by {coverage['derivation']}"
+                  if coverage["derived_rows"] else ""))
+    read = character.untrained_rows_read(RENDER_STEPS, RENDER_SCHEDULERS)
+    if any(read.values()):
+        counts = ", ".join(f"{name}: {len(rows)}" for name, rows in read.items())
+        suggestion = max(1, min(coverage["rows"] - 1, videos // 20))
+        click.echo(f"warning: a {RENDER_STEPS}-step render reads table rows no training step updated ({counts}); "
+                   f"they are derived from trained neighbours. Train longer, or share rows over "
+                   f"timestep ranges with --buckets (--buckets {suggestion}: about 20 updates a row)", err=True)
 
 
 if __name__ == "__main__":

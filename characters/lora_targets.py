@@ -1,9 +1,10 @@
 """Which UNet layers a character's LoRA adapts: the spatial attention projections, never the motion modules.
 
 Animate-A-Story puts LoRA on the query, key and value projections of the spatial self-attention
-(``attn1``) and cross-attention (``attn2``) of the UNet; we add the output projection (``to_out.0``) by
-default (``projections`` chooses). In an AnimateDiff ``UNetMotionModel`` the motion modules reuse the
-names ``attn1``/``attn2`` and ``to_q``/``to_k``/``to_v``, so layers are selected by their module path:
+(``attn1``) and cross-attention (``attn2``) of the UNet, and so do we by default (``"qkv"``); the output
+projection (``to_out.0``) is an option (``"qkvo"``, ``projections`` chooses). In an AnimateDiff
+``UNetMotionModel`` the motion modules reuse the names ``attn1``/``attn2`` and ``to_q``/``to_k``/``to_v``,
+so layers are selected by their module path:
 ``{down_blocks.N | up_blocks.N | mid_block}.attentions.N.transformer_blocks.N.attn{1,2}.<projection>``;
 ``...motion_modules.N...`` never matches. The same paths exist in a plain SD1.5 ``UNet2DConditionModel``,
 so a character's LoRA also loads on a stock SD1.5 pipeline.
@@ -14,11 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 ALL_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
-DEFAULT_PROJECTIONS = ALL_PROJECTIONS
+DEFAULT_PROJECTIONS = ("to_q", "to_k", "to_v")  # the paper's: query, key and value
+DEFAULT_LORA_TARGETS = "qkv"  # the same, as the letters of --lora-targets
 PROJECTION_LETTERS = {"q": "to_q", "k": "to_k", "v": "to_v", "o": "to_out.0"}
 _SPATIAL = re.compile(r"^(?:down_blocks\.\d+|up_blocks\.\d+|mid_block)\.attentions\.\d+\."
                       r"transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
@@ -37,12 +41,14 @@ def is_spatial_attention(path: str, projections=ALL_PROJECTIONS) -> bool:
     return bool(match) and match.group(1) in projections
 
 
-def _linear(module: torch.nn.Module):
+def _linear(module):
     return getattr(module, "base_layer", module)  # a peft LoRA layer wraps the original Linear
 
 
 def spatial_attention_targets(unet: torch.nn.Module, projections=DEFAULT_PROJECTIONS) -> list[str]:
     """Module paths of the UNet's spatial attention projections (see the module docstring), in model order."""
+    import torch  # here, not at the top: the command line reads this module's defaults without torch
+
     unknown = set(projections) - set(ALL_PROJECTIONS)
     if unknown:
         raise ValueError(f"unknown attention projections {sorted(unknown)}; use some of {', '.join(ALL_PROJECTIONS)}")

@@ -13,6 +13,19 @@ the table during training). Anything that runs the text encoder sees it: a plain
 text-encoder call, diffusers' ``encode_prompt`` or compel. Outside a timestep (``timesteps is None``) the
 hook changes nothing and the token keeps whatever row the embedding matrix holds for it (the time-averaged
 embedding, see :class:`characters.character_set.CharacterSet`).
+
+Untrained rows. Training draws one timestep per video uniformly from ``[0, T)``, so with ``S`` steps of batch
+``b`` a row is never drawn with probability ``(1 - 1/B) ** (S * b)``: at the paper's setting (``B = T = 1000``,
+1000 steps, batch 1) that is ``e^-1``, 37% of the rows, and a 25-step DDIM, Euler or DPM++ render reads
+about 9 of its 25 rows still at the class word's value. The character file therefore never holds an
+untrained row: :func:`fill_untrained_rows` derives each one from its nearest trained neighbours (linear
+interpolation in timestep, the nearest trained row past either end). Neighbouring timesteps are nearly
+the same noise level, and the table is meant to change smoothly with it, so a neighbour is a far better
+estimate of a row than the class word it started at; the training itself is left as the paper's (a step
+at ``t`` updates row ``t`` only, and no optimizer state is kept for rows it never reached). How many
+updates each row got is recorded with the character (:func:`row_update_counts`, the file's ``training``
+header) and ``train-character`` warns when a 25-step render would read a derived row; ``buckets`` below
+1000 (``--buckets 50``: 20 timesteps a row) gives every row many updates instead.
 """
 
 from __future__ import annotations
@@ -65,6 +78,50 @@ def row_index(timesteps, buckets: int, num_train_timesteps: int, device=None) ->
     if buckets == num_train_timesteps:
         return t
     return torch.div(t * buckets, num_train_timesteps, rounding_mode="floor").clamp(0, buckets - 1)
+
+
+def row_update_counts(timesteps, buckets: int, num_train_timesteps: int) -> torch.Tensor:
+    """How many of ``timesteps`` fall on each of the ``buckets`` rows: a long tensor of ``buckets`` counts."""
+    rows = row_index(timesteps, buckets, num_train_timesteps).reshape(-1).cpu()
+    return torch.bincount(rows, minlength=buckets)
+
+
+def fill_untrained_rows(rows: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+    """``rows`` with each row of zero ``updates`` derived from the trained rows (see the module docstring).
+
+    Between two trained rows ``a < r < b`` row ``r`` is ``rows[a] + (r - a) / (b - a) * (rows[b] - rows[a])``;
+    before the first or after the last trained row it is a copy of that row. Trained rows are returned as
+    they are; with no trained row at all nothing can be derived and ``rows`` comes back unchanged (a copy).
+    """
+    rows = torch.as_tensor(rows)
+    updates = torch.as_tensor(updates).reshape(-1).to(rows.device)
+    if updates.numel() != rows.shape[0]:
+        raise ValueError(f"{updates.numel()} update counts for a table of {rows.shape[0]} rows")
+    trained = torch.nonzero(updates > 0).reshape(-1)
+    out = rows.detach().clone()
+    if trained.numel() == 0 or trained.numel() == rows.shape[0]:
+        return out
+    untrained = torch.nonzero(updates <= 0).reshape(-1)
+    above = torch.searchsorted(trained, untrained)  # index in ``trained`` of the first trained row past each one
+    right = trained[above.clamp(max=trained.numel() - 1)]
+    left = trained[(above - 1).clamp(min=0)]
+    right = torch.where(above >= trained.numel(), left, right)  # past the last trained row: copy it
+    left = torch.where(above == 0, right, left)  # before the first trained row: copy it
+    span = (right - left).clamp(min=1).to(out.dtype)
+    weight = ((untrained - left).to(out.dtype) / span)[:, None]
+    out[untrained] = out[left] + weight * (out[right] - out[left])
+    return out
+
+
+def rows_read_by_render(scheduler_name: str, buckets: int, num_train_timesteps: int, steps: int = 25) -> list[int]:
+    """The table rows a ``steps``-step render with scheduler ``scheduler_name`` (``ddim``, ``euler``,
+    ``dpmpp_2m``: :func:`storyreel.models.schedulers.make_scheduler`) reads, in timestep order, once each."""
+    from storyreel.models.schedulers import make_scheduler
+
+    scheduler = make_scheduler(scheduler_name, num_train_timesteps=num_train_timesteps)
+    scheduler.set_timesteps(steps)
+    rows = row_index(torch.as_tensor(scheduler.timesteps), buckets, num_train_timesteps).tolist()
+    return sorted(set(rows))
 
 
 def class_word_embedding(tokenizer, text_encoder, class_word: str) -> torch.Tensor:

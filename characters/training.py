@@ -18,6 +18,14 @@ One training step (batch ``B``, ``L`` frames):
    one learning rate for the table (no weight decay: a row that never sees a gradient keeps its initial
    value) and one for the LoRA; gradient clipping.
 
+TimeInv coverage: the trainer counts the updates of each table row (``row_updates``, kept in checkpoints).
+One timestep per video leaves about ``e^-(steps * batch / buckets)`` of the rows untrained (37% at the
+defaults), so the character file's table is the trained table with every untrained row derived from its
+trained neighbours (:func:`characters.timeinv.fill_untrained_rows`: interpolation in timestep); the
+training itself, and the table it optimises, stay the paper's one row per timestep (``buckets`` = None or
+1000). The counts go into the file's ``training`` record as ``timeinv_coverage``. Sharing rows instead
+(``buckets``, say 50 for 1000 steps) trains every row about ``steps * batch / buckets`` times.
+
 Everything else (text encoder, VAE, ControlNet, the UNet's own weights and its motion modules) is frozen.
 Because every random draw of step ``k`` comes from a generator seeded by ``(seed, k)``, a run resumed
 from a checkpoint (table, LoRA, optimizer state, step) continues exactly as an uninterrupted one.
@@ -53,7 +61,7 @@ import torch.nn.functional as F
 from characters.character_file import Character, export_textual_inversion, save_character
 from characters.character_set import CharacterSet, check_name
 from characters.errors import CharacterError, CheckpointError
-from characters.lora_targets import parse_projections
+from characters.lora_targets import DEFAULT_LORA_TARGETS, parse_projections
 from characters.pseudo_video import (
     DEFAULT_SCALE_RANGE,
     PROMPT_TEMPLATES,
@@ -63,11 +71,13 @@ from characters.pseudo_video import (
     sample_augmentation,
 )
 from characters.reference_images import ReferenceImage
+from characters.timeinv import fill_untrained_rows, row_update_counts
 from storyreel.hashing import file_sha256
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CHECKPOINT_FILE = "checkpoint.json"
 CHECKPOINT_VERSION = 1
+ROW_UPDATES_KEY = "timeinv_row_updates"  # the checkpoint tensor of the per-row update counts
 # Settings that do not change the result: they may differ between a run and its resumption.
 _NOT_IDENTITY = ("steps", "gradient_checkpointing")
 
@@ -87,7 +97,7 @@ class TrainingSettings:
     table_lr: float = 1e-4
     lora_lr: float = 1e-4
     lora_weight_decay: float = 1e-2
-    lora_targets: str = "qkvo"
+    lora_targets: str = DEFAULT_LORA_TARGETS  # the paper's q, k, v; "qkvo" adds the output projection
     seed: int = 0
     batch_size: int = 1
     reg_ratio: float = 0.5
@@ -230,6 +240,8 @@ class CharacterTrainer:
         self.step = 0
         self.last_loss: float | None = None
         self.losses: list[float] = []
+        # updates of each table row so far: what the file records, and which rows it derives (see the docstring)
+        self.row_updates = torch.zeros(self.entry.table.buckets, dtype=torch.long)
 
     # -- data ------------------------------------------------------------------------------------------
     def data_identity(self) -> dict:
@@ -335,6 +347,7 @@ class CharacterTrainer:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.row_updates += row_update_counts(batch.timesteps, self.entry.table.buckets, self.num_train_timesteps)
         self.step += 1
         self.last_loss = float(loss.detach())
         self.losses.append(self.last_loss)
@@ -349,7 +362,7 @@ class CharacterTrainer:
 
         folder = Path(folder)
         name = f"checkpoint-{self.step:07d}.safetensors"
-        tensors = {"table": self.table.detach().to("cpu").contiguous()}
+        tensors = {"table": self.table.detach().to("cpu").contiguous(), ROW_UPDATES_KEY: self.row_updates.clone()}
         for key, param in self.lora.items():
             tensors[f"lora.{key}"] = param.detach().to("cpu").contiguous()
         state = self.optimizer.state_dict()
@@ -417,6 +430,12 @@ class CharacterTrainer:
             if key.startswith("optimizer."):
                 _, index, name = key.split(".", 2)
                 state["state"].setdefault(int(index), {})[name] = value
+        if ROW_UPDATES_KEY in tensors:
+            self.row_updates = tensors[ROW_UPDATES_KEY].to(torch.long).clone()
+        else:  # a checkpoint from before the counts were kept: the rows with Adam state were updated (once or more)
+            second_moment = state["state"].get(0, {}).get("exp_avg_sq")
+            self.row_updates = (second_moment.reshape(second_moment.shape[0], -1).abs().sum(1) > 0).to(torch.long) \
+                if second_moment is not None else torch.zeros(self.entry.table.buckets, dtype=torch.long)
         for key, value in record.get("optimizer_scalars", {}).items():
             index, name = key.split(".", 1)
             state["state"].setdefault(int(index), {})[name] = value
@@ -428,15 +447,28 @@ class CharacterTrainer:
         return True
 
     # -- results ---------------------------------------------------------------------------------------------
+    def coverage_record(self) -> dict:
+        """``timeinv_coverage`` of the training record: the updates of every table row, and how untrained
+        rows were derived (see :attr:`characters.character_file.Character.coverage`)."""
+        updates = self.row_updates.tolist()
+        trained = sum(1 for count in updates if count > 0)
+        return {"rows": len(updates), "updates": updates, "trained_rows": trained,
+                "derived_rows": len(updates) - trained if trained else 0,
+                "derivation": "linear interpolation between the nearest trained rows"}
+
     def training_record(self) -> dict:
         return {**self.settings.record(), "steps_done": self.step, "images": self.image_records,
                 "regularisation_clips": len(self.regularisation) if self.regularisation is not None else 0,
-                "final_loss": self.last_loss, "prediction_type": self.prediction_type}
+                "final_loss": self.last_loss, "prediction_type": self.prediction_type,
+                "timeinv_coverage": self.coverage_record()}
 
     def character(self) -> Character:
-        """The character as trained so far (a snapshot; training may go on)."""
-        return self.character_set.character(self.settings.name, base_model=self.base_model,
-                                            training=self.training_record())
+        """The character as trained so far (a snapshot; training may go on), its untrained table rows derived
+        from the trained ones (:func:`~characters.timeinv.fill_untrained_rows`)."""
+        character = self.character_set.character(self.settings.name, base_model=self.base_model,
+                                                 training=self.training_record())
+        character.table = fill_untrained_rows(character.table, self.row_updates)
+        return character
 
     def run(self, *, checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 0,
             validate: Callable[["CharacterTrainer", int], None] | None = None, validate_every: int = 0,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from characters.errors import CharacterError
+from characters.lora_targets import DEFAULT_LORA_TARGETS
 from storyreel.errors import OptionError
 from storyreel.models import presets
 from storyreel.models.specification import ModelSpecification
@@ -48,7 +49,7 @@ class TrainCharacterJob:
     depth_model: str | None = None
     steps: int = 1000
     rank: int = 8
-    lora_targets: str = "qkvo"
+    lora_targets: str = DEFAULT_LORA_TARGETS
     resolution: int = 512
     frames: int = 16
     buckets: int | None = None
