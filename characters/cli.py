@@ -73,6 +73,12 @@ def _note(text: str) -> None:
               help="Prompt of the validation clips [default: \"a video of TOKEN CLASS_WORD\"].")
 @click.option("--validation-steps", type=IntRange(min=1), default=20, show_default=True,
               help="Denoising steps of a validation clip.")
+@click.option("--depth-tau", type=FloatRange(0, 1), default=None,
+              help="Train without depth at the timesteps a render with this tau runs without it (t < (1 - TAU) x "
+                   "the training timesteps; off by default: every step conditions on depth, as in the paper). Use "
+                   "it when the character will be rendered with tau below 1 (the storyboard's tau, 0.5 unless set), "
+                   "so its late, unguided denoising steps see the LoRA and TimeInv rows trained as they are used; "
+                   "leave it off for renders that guide every step with depth (tau 1).")
 @click.option("--mixed-precision", type=click.Choice(["auto", "no", "fp16", "bf16"]), default="auto",
               show_default=True, help="CUDA only: fp16 (with loss scaling) or bf16 autocast; auto = fp16 on CUDA.")
 @click.option("--gradient-checkpointing", is_flag=True,

@@ -13,7 +13,8 @@ One training step (batch ``B``, ``L`` frames):
 3. the prompt encoded with the token's table row for ``t`` (the
    :class:`~characters.character_set.CharacterSet` hook, differentiable), repeated per frame; the depth
    ControlNet on the ``B * L`` frames; the motion UNet with the ControlNet's residuals, its spatial
-   attention carrying the LoRA;
+   attention carrying the LoRA (with ``depth_tau``, a video whose timestep a render with that tau denoises
+   without depth gets no ControlNet residuals: :func:`depth_conditioned`);
 4. MSE between the prediction and the noise (``epsilon``) or the velocity (``v_prediction``); AdamW with
    one learning rate for the table (no weight decay: a row that never sees a gradient keeps its initial
    value) and one for the LoRA; gradient clipping.
@@ -106,6 +107,9 @@ class TrainingSettings:
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    # None: every step conditions on depth (the paper's). A render's tau: timesteps that render runs without
+    # depth (t < (1 - depth_tau) * T, its late steps) train without the ControlNet's residuals too.
+    depth_tau: float | None = None
 
     def check(self) -> None:
         """Raise :class:`~characters.errors.CharacterError` naming the first bad setting."""
@@ -126,6 +130,8 @@ class TrainingSettings:
         low, high = self.scale_range
         if not 0 < low <= high <= 1:
             raise CharacterError(f"scale_range must satisfy 0 < low <= high <= 1, got {self.scale_range!r}")
+        if self.depth_tau is not None and (isinstance(self.depth_tau, bool) or not 0 <= self.depth_tau <= 1):
+            raise CharacterError(f"depth_tau must be between 0 and 1 (a render's tau), got {self.depth_tau!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise CharacterError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
                                  f"got {self.mixed_precision!r}")
@@ -140,8 +146,12 @@ class TrainingSettings:
         return record
 
     def identity(self) -> dict:
-        """The settings a checkpoint must share with the run that resumes it."""
-        return {k: v for k, v in self.record().items() if k not in _NOT_IDENTITY}
+        """The settings a checkpoint must share with the run that resumes it (``depth_tau`` only when set, so
+        checkpoints written before it existed keep resuming)."""
+        identity = {k: v for k, v in self.record().items() if k not in _NOT_IDENTITY}
+        if identity.get("depth_tau") is None:
+            identity.pop("depth_tau", None)
+        return identity
 
 
 def step_generator(seed: int, step: int, stream: str = "train") -> torch.Generator:
@@ -157,6 +167,16 @@ def training_scheduler(scheduler):
     accepted = set(inspect.signature(DDPMScheduler.__init__).parameters) - {"self"}
     config = {key: value for key, value in dict(scheduler.config).items() if key in accepted}
     return DDPMScheduler(**config)
+
+
+def depth_conditioned(timesteps: torch.Tensor, depth_tau: float | None, num_train_timesteps: int) -> torch.Tensor:
+    """Which of ``timesteps`` train with depth: all when ``depth_tau`` is None; else those a render with
+    ``tau = depth_tau`` conditions on depth. The render conditions its first ``tau`` of the steps, the noisiest,
+    so the timesteps ``t >= (1 - depth_tau) * num_train_timesteps`` (tau 1: all, tau 0: none); a boolean per
+    timestep."""
+    if depth_tau is None:
+        return torch.ones(timesteps.shape, dtype=torch.bool, device=timesteps.device)
+    return timesteps >= (1.0 - depth_tau) * num_train_timesteps
 
 
 @dataclass
@@ -318,12 +338,18 @@ class CharacterTrainer:
         text = self.encode_prompts(batch.prompts, batch.timesteps).repeat_interleave(frames, dim=0)
         noisy = noisy.to(c.unet.dtype)
         text = text.to(c.unet.dtype)
-        control_input = noisy.transpose(1, 2).reshape(b * frames, channels, h, w)
-        down, mid = c.controlnet(control_input, batch.timesteps.repeat_interleave(frames), encoder_hidden_states=text,
-                                 controlnet_cond=batch.condition.to(c.controlnet.dtype), conditioning_scale=1.0,
-                                 guess_mode=False, return_dict=False)
-        prediction = c.unet(noisy, batch.timesteps, encoder_hidden_states=text, down_block_additional_residuals=down,
-                            mid_block_additional_residual=mid).sample
+        with_depth = depth_conditioned(batch.timesteps, self.settings.depth_tau, self.num_train_timesteps)
+        residuals = {}
+        if bool(with_depth.any()):  # a batch whose every timestep a render runs without depth skips the ControlNet
+            control_input = noisy.transpose(1, 2).reshape(b * frames, channels, h, w)
+            down, mid = c.controlnet(control_input, batch.timesteps.repeat_interleave(frames),
+                                     encoder_hidden_states=text, controlnet_cond=batch.condition.to(c.controlnet.dtype),
+                                     conditioning_scale=1.0, guess_mode=False, return_dict=False)
+            if not bool(with_depth.all()):  # conditioning scale 0 for the videos whose timestep runs without depth
+                scale = with_depth.repeat_interleave(frames).to(mid.dtype).view(-1, 1, 1, 1)
+                down, mid = [d * scale for d in down], mid * scale
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        prediction = c.unet(noisy, batch.timesteps, encoder_hidden_states=text, **residuals).sample
         return F.mse_loss(prediction.float(), target.float())
 
     @torch.no_grad()

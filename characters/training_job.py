@@ -68,6 +68,7 @@ class TrainCharacterJob:
     validation_steps: int = 20
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
+    depth_tau: float | None = None  # a render's tau: train its unguided timesteps without depth (None: never)
     export_ti: Path | None = None
     device: str | None = None
     quiet: bool = False
@@ -139,4 +140,5 @@ class TrainCharacterJob:
                                 rank=self.rank, resolution=self.resolution, frames=self.frames, buckets=self.buckets,
                                 table_lr=self.table_lr, lora_lr=self.lora_lr, lora_targets=self.lora_targets,
                                 seed=self.seed, batch_size=self.batch_size, reg_ratio=self.reg_ratio,
-                                mixed_precision=self.precision(), gradient_checkpointing=self.gradient_checkpointing)
+                                mixed_precision=self.precision(), gradient_checkpointing=self.gradient_checkpointing,
+                                depth_tau=self.depth_tau)

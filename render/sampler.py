@@ -128,6 +128,8 @@ class StructureGuidedSampler:
             negative_prompt_embeds = self.encode_prompt(negative_prompt or "")
         if negative_prompt_embeds is not None:
             negative_prompt_embeds = _as_batch(negative_prompt_embeds).to(device=device, dtype=prompt_embeds.dtype)
+            if do_cfg:
+                check_same_length(prompt_embeds, negative_prompt_embeds)
 
         # 3. Schedule, noise, control strengths, windows.
         scheduler.set_timesteps(steps, device=device)
@@ -197,6 +199,8 @@ class StructureGuidedSampler:
             cond_embeds = _as_batch(step_cond).to(device=cond_embeds.device, dtype=cond_embeds.dtype)
             if step_uncond is not None:
                 uncond_embeds = _as_batch(step_uncond).to(device=cond_embeds.device, dtype=cond_embeds.dtype)
+            if do_cfg:
+                check_same_length(cond_embeds, uncond_embeds, f" (from prompt_embeds_for_step at step {i})")
         return torch.cat([uncond_embeds, cond_embeds]) if do_cfg else cond_embeds
 
     def _predict(self, latents, t, text, cond, scale, do_cfg, guidance_scale) -> tuple[torch.Tensor, int]:
@@ -247,6 +251,19 @@ def sample_video(components, prompt: str | None = None, negative_prompt: str | N
                  **kwargs) -> SampleResult:
     """Functional form of :class:`StructureGuidedSampler` (same keyword arguments)."""
     return StructureGuidedSampler(components)(prompt, negative_prompt, **kwargs)
+
+
+def check_same_length(prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor, where: str = "") -> None:
+    """Raise ``ValueError`` when classifier-free guidance would batch a prompt and a negative prompt of different
+    token lengths (a compel prompt over 77 tokens is 154 or more long, an unweighted negative 77): encode both
+    with ``WeightedPromptEncoder.encode_pair``, which pads them to one length."""
+    if prompt_embeds.shape[1:] != negative_prompt_embeds.shape[1:]:
+        raise ValueError(
+            f"prompt_embeds are {prompt_embeds.shape[1]} tokens x {prompt_embeds.shape[-1]} but "
+            f"negative_prompt_embeds are {negative_prompt_embeds.shape[1]} tokens x {negative_prompt_embeds.shape[-1]}"
+            f"{where}; classifier-free guidance needs both the same length: encode the prompt and the negative "
+            f"prompt together with render.prompt_weighting.WeightedPromptEncoder.encode_pair (it pads both to the "
+            f"longer one) and pass both")
 
 
 def _as_batch(embeds: torch.Tensor) -> torch.Tensor:

@@ -111,7 +111,7 @@ class ShotRenderer:
         # 1. depth of the footage
         t0 = time.perf_counter()
         depth = extract_depth(segment.range, frames=shot.frames, size=shot.size, estimator=estimator,
-                              cache=self.depth_cache_folder(), fps=shot.fps)
+                              cache=self.depth_cache_folder(), fps=shot.fps, depth_range=shot.depth_range)
         timings["depth"] = time.perf_counter() - t0
 
         # 2. encode the prompt (compel) and the characters' per-step embeddings
@@ -172,7 +172,8 @@ class ShotRenderer:
             result = sampler(prompt_embeds=prompts.cond, negative_prompt_embeds=prompts.uncond,
                              prompt_embeds_for_step=prompts.per_step, conditioning=controlnet_condition(depth),
                              num_frames=shot.frames, height=shot.height, width=shot.width, steps=shot.steps,
-                             guidance_scale=shot.guidance, tau=shot.tau, seed=shot.seed, output_type="np",
+                             guidance_scale=shot.guidance, tau=shot.tau, eta=shot.eta, seed=shot.seed,
+                             output_type="np",
                              callback=lambda i, t, latents: steps.update(1))
         frames = np.asarray(result.frames)
         controlnet_calls = int(result.controlnet_calls)

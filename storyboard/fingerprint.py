@@ -5,8 +5,10 @@ settings: size, frames, fps, steps, guidance, τ, seed, scheduler, prompt, negat
 motion query, its characters (token, class word, LoRA scale and the SHA-256 of the embedding file's
 content) and its clip override (the SHA-256 of the file's content and the time range). It leaves out
 what does not change the pixels: the shot's id and position, the title, the planner's analysis, and
-where files live (moving the project keeps every hash). The caller adds what the storyboard cannot know
-(the index's fingerprint, model presets, the render code's version) through ``extra``.
+where files live (moving the project keeps every hash). Settings added after the first version of the
+record (``eta``, ``depth_range``) are in it only when they differ from their defaults, so a storyboard that
+does not use them keeps the hash it always had (its output folder keeps resuming). The caller adds what
+the storyboard cannot know (the index's fingerprint, model presets, the render code's version) through ``extra``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import hashlib
 import json
 from typing import Mapping
 
-from storyboard.shot_settings import ShotSettings
+from storyboard.shot_settings import DEFAULT_DEPTH_RANGE, DEFAULT_ETA, ShotSettings
 from storyreel.hashing import file_sha256
 
 HASH_VERSION = 1
@@ -23,7 +25,7 @@ HASH_VERSION = 1
 
 def shot_record(settings: ShotSettings) -> dict:
     """The JSON record that :func:`shot_hash` hashes (files are read to hash their content)."""
-    return {
+    record = {
         "hash_version": HASH_VERSION,
         "text": settings.text,
         "prompt": settings.prompt,
@@ -53,6 +55,12 @@ def shot_record(settings: ShotSettings) -> dict:
             "end": settings.clip.end,
         },
     }
+    # later settings: recorded only when not at their default, so older storyboards keep their hashes
+    if settings.eta != DEFAULT_ETA:
+        record["eta"] = settings.eta
+    if settings.depth_range != DEFAULT_DEPTH_RANGE:
+        record["depth_range"] = settings.depth_range
+    return record
 
 
 def shot_hash(settings: ShotSettings, extra: Mapping | None = None) -> str:

@@ -67,7 +67,16 @@ from storyboard.errors import (
 )
 from storyboard.fingerprint import shot_hash
 from storyboard.shot_ids import unique_safe_ids
-from storyboard.shot_settings import ResolvedCharacter, ResolvedClip, ShotSettings, derive_seed, frames_for_duration
+from storyboard.shot_settings import (
+    DEFAULT_DEPTH_RANGE,
+    DEFAULT_ETA,
+    DEPTH_RANGES,
+    ResolvedCharacter,
+    ResolvedClip,
+    ShotSettings,
+    derive_seed,
+    frames_for_duration,
+)
 from storyreel.errors import StoryreelError
 from storyreel.models.presets import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, SCHEDULER_NAMES
 
@@ -90,7 +99,7 @@ FROM_DEFAULT = "default"
 # The defaults a model preset may give (ModelPreset.shot_defaults), and the settings whose source is told.
 MODEL_DEFAULT_KEYS = ("steps", "guidance", "scheduler")
 SOURCED_SETTINGS = ("width", "height", "frames", "fps", "steps", "guidance", "tau", "seed", "scheduler",
-                    "negative_prompt")
+                    "negative_prompt", "eta", "depth_range")
 
 # Constrained values, shared by the defaults and the shots that override them.
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -100,6 +109,8 @@ Fps = Annotated[float, Field(gt=0, le=60)]
 Steps = Annotated[int, Field(ge=1, le=200)]
 Guidance = Annotated[float, Field(ge=0, le=30)]
 Tau = Annotated[float, Field(ge=0, le=1)]
+Eta = Annotated[float, Field(ge=0, le=1)]
+DepthRange = Literal[DEPTH_RANGES]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Scheduler = Literal[SCHEDULER_NAMES]
 
@@ -143,6 +154,13 @@ class Defaults(_Model):
     """Negative prompt of shots that give none ("" for none)."""
     scheduler: Scheduler = DEFAULT_SCHEDULER
     """Diffusion scheduler: ddim, euler, dpmpp_2m or lcm; left out: the model preset's (ddim for sd15)."""
+    eta: Eta = DEFAULT_ETA
+    """DDIM's eta (0-1): 0 denoises deterministically, 1 adds fresh noise each step as DDPM does
+    (Make-Your-Video samples with 1.0); schedulers without eta ignore it."""
+    depth_range: DepthRange = DEFAULT_DEPTH_RANGE
+    """How the footage's depth is brought to [0, 1]: "sequence" (one range for the whole shot, so a still
+    surface keeps its brightness) or "frame" (each frame's own min and max: Make-Your-Video's convention and
+    the depth ControlNet's training data)."""
 
     @model_serializer(mode="wrap")
     def _keep_model_defaults_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
@@ -256,6 +274,10 @@ class Shot(_Model):
     """The shot's seed (default: derived from defaults.seed and the shot's id)."""
     tau: Tau | None = None
     """The shot's structure guidance τ (default: defaults.tau)."""
+    eta: Eta | None = None
+    """The shot's DDIM eta, 0-1 (default: defaults.eta)."""
+    depth_range: DepthRange | None = None
+    """The shot's depth normalisation, "sequence" or "frame" (default: defaults.depth_range)."""
     clip: ClipOverride | None = None
     """A clip that gives the shot its motion instead of retrieval."""
 
@@ -328,18 +350,37 @@ class Storyboard(_Model):
                     problems.append((("shots", i, "characters", j), f"character {name!r} is listed twice"))
                 seen.add(name)
             for token in _TOKEN_IN_TEXT.findall(shot.caption or ""):
-                owner = token_owner.get(token)
-                if owner is None:
+                if token not in token_owner:
                     problems.append((("shots", i, "caption"), f"{token} is not the token of any character"))
-                elif owner not in shot.characters:
-                    problems.append((("shots", i, "caption"), f"uses {token}, the token of {owner!r}, "
-                                                              f"who is not in shots[{i}].characters"))
+            problems.extend(self._unlisted_character_tokens(i, token_owner))
             if shot.duration is not None:
                 frames = frames_for_duration(shot.duration, self.defaults.fps)
                 if frames > MAX_FRAMES:
                     problems.append((("shots", i, "duration"),
                                      f"{shot.duration:g} s at {self.defaults.fps:g} fps is {frames} frames; "
                                      f"a shot has at most {MAX_FRAMES}"))
+        return problems
+
+    def _unlisted_character_tokens(self, index: int, token_owner: Mapping[str, str]) -> list[tuple[tuple, str]]:
+        """Problems for every text the render encodes for shot ``index`` (its caption, or its text where it has
+        no caption; its negative prompt, or the defaults'; the story's style) that holds the token of a
+        character the shot does not list: the render would read that character's TimeInv rows with its LoRA
+        off, and the shot's settings hash would not cover the character's file."""
+        shot = self.shots[index]
+        prompt_field = "caption" if shot.caption is not None else "text"
+        negative_loc = (("shots", index, "negative_prompt") if shot.negative_prompt is not None
+                        else ("defaults", "negative_prompt"))
+        negative = shot.negative_prompt if shot.negative_prompt is not None else self.defaults.negative_prompt
+        texts = [(("shots", index, prompt_field), getattr(shot, prompt_field), ""),
+                 (negative_loc, negative, "" if shot.negative_prompt is not None else " (its negative prompt)"),
+                 (("style",), self.style, " (the style is part of every shot's prompt)")]
+        problems: list[tuple[tuple, str]] = []
+        for loc, text, why in texts:
+            for token in dict.fromkeys(_TOKEN_IN_TEXT.findall(text or "")):
+                owner = token_owner.get(token)
+                if owner is not None and owner not in shot.characters:
+                    problems.append((loc, f"uses {token}, the token of {owner!r}, who is not in "
+                                          f"shots[{index}].characters{why}"))
         return problems
 
     # -- where the storyboard came from, and its paths ------------------------------------------------
@@ -451,7 +492,8 @@ class Storyboard(_Model):
         model = ModelDefaults.from_mapping(model_defaults)
         item = self.shot(shot)
         own = {"frames": item.frames is not None or item.duration is not None, "tau": item.tau is not None,
-               "seed": item.seed is not None, "negative_prompt": item.negative_prompt is not None}
+               "seed": item.seed is not None, "negative_prompt": item.negative_prompt is not None,
+               "eta": item.eta is not None, "depth_range": item.depth_range is not None}
         return {key: FROM_SHOT if own.get(key) else self._default_source(key, model) for key in SOURCED_SETTINGS}
 
     def _default_source(self, key: str, model: ModelDefaults) -> str:
@@ -497,6 +539,8 @@ class Storyboard(_Model):
             scheduler=chosen["scheduler"],
             characters=tuple(self.character(name) for name in item.characters),
             clip=clip,
+            eta=item.eta if item.eta is not None else defaults.eta,
+            depth_range=item.depth_range if item.depth_range is not None else defaults.depth_range,
             sources=sources,
         )
 

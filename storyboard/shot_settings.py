@@ -11,6 +11,12 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+DEFAULT_ETA = 0.0  # DDIM's eta: 0 is deterministic DDIM, 1 is DDPM-like (Make-Your-Video samples with 1.0)
+DEPTH_RANGE_SEQUENCE = "sequence"  # one depth range for the whole sequence (storyreel's default)
+DEPTH_RANGE_FRAME = "frame"  # each frame stretched by its own min and max (Make-Your-Video, the ControlNet's data)
+DEPTH_RANGES = (DEPTH_RANGE_SEQUENCE, DEPTH_RANGE_FRAME)
+DEFAULT_DEPTH_RANGE = DEPTH_RANGE_SEQUENCE
+
 
 def frames_for_duration(duration: float, fps: float) -> int:
     """Seconds → frames at ``fps``: the nearest whole number (halves round up), at least 1."""
@@ -56,6 +62,8 @@ class ShotSettings:
     fraction of denoising steps that are guided by the retrieved clip's depth (Animate-A-Story's τ).
     ``sources`` says where each render setting came from (setting → ``shot``, ``storyboard``, ``preset``
     or ``default``; :meth:`storyboard.Storyboard.setting_sources`); it is not part of the settings hash.
+    ``eta`` is DDIM's eta (0: deterministic, 1: fresh noise each step); ``depth_range`` how the footage's depth
+    is normalised: ``sequence`` (one range for all frames) or ``frame`` (each frame's own min and max).
     """
 
     index: int
@@ -77,6 +85,8 @@ class ShotSettings:
     scheduler: str
     characters: tuple[ResolvedCharacter, ...]
     clip: ResolvedClip | None
+    eta: float = DEFAULT_ETA
+    depth_range: str = DEFAULT_DEPTH_RANGE
     sources: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @property

@@ -34,6 +34,12 @@ FORMAT_VERSION = 1
 DEFAULT_LOW_PCT = 2.0
 DEFAULT_HIGH_PCT = 98.0
 _FLAT_RANGE = 1e-12
+# How raw depth is brought to [0, 1] (a storyboard's ``depth_range``): one percentile range for the whole
+# sequence (normalize_sequence), or each frame's own min and max (normalize_per_frame: Make-Your-Video's
+# convention and that of the depth ControlNet's training images).
+DEPTH_RANGE_SEQUENCE = "sequence"
+DEPTH_RANGE_FRAME = "frame"
+DEPTH_RANGES = (DEPTH_RANGE_SEQUENCE, DEPTH_RANGE_FRAME)
 
 
 @dataclass
@@ -178,9 +184,21 @@ def flicker(depth: np.ndarray) -> float:
 
 
 def depth_from_raw(raw: np.ndarray, fps: float, source: dict | None = None, smoothing: float = 0.0,
-                   low_pct: float = DEFAULT_LOW_PCT, high_pct: float = DEFAULT_HIGH_PCT) -> DepthSequence:
-    """Normalise raw inverse depth over the sequence, optionally smooth it in time, and wrap it."""
+                   low_pct: float = DEFAULT_LOW_PCT, high_pct: float = DEFAULT_HIGH_PCT,
+                   depth_range: str = DEPTH_RANGE_SEQUENCE) -> DepthSequence:
+    """Normalise raw inverse depth, optionally smooth it in time, and wrap it.
+
+    ``depth_range`` ``sequence`` (the default) maps the whole sequence with one percentile range
+    (:func:`normalize_sequence`); ``frame`` stretches each frame by its own min and max
+    (:func:`normalize_per_frame`; the percentiles are not used). ``ValueError`` for another value."""
+    if depth_range not in DEPTH_RANGES:
+        raise ValueError(f"depth_range must be one of {', '.join(DEPTH_RANGES)}, got {depth_range!r}")
     raw = _check_raw(raw)
+    if depth_range == DEPTH_RANGE_FRAME:
+        depth = smooth_temporally(normalize_per_frame(raw), smoothing)
+        settings = {"normalization": "per-frame-minmax", "depth_range": DEPTH_RANGE_FRAME,
+                    "smoothing": float(smoothing), "convention": "near=1 far=0"}
+        return DepthSequence(depth=depth, fps=fps, source=dict(source or {}), settings=settings)
     low, high = _robust_range(raw, low_pct, high_pct)
     depth = smooth_temporally(normalize_sequence(raw, low_pct, high_pct), smoothing)
     settings = {

@@ -9,7 +9,8 @@ The pipeline, for a video source:
    :func:`structure.framing.frame_image` (cover crop to ``size``);
 3. estimate raw inverse depth on the framed frames (the model resizes to its own input size and the
    depth comes back at ``size``), or take it from the :class:`~structure.depth_cache.DepthCache`;
-4. normalise with one robust range for the whole sequence and optionally smooth it in time
+4. normalise with one robust range for the whole sequence (``depth_range="sequence"``, the default) or
+   each frame by its own min and max (``depth_range="frame"``), and optionally smooth it in time
    (:func:`structure.depth_sequence.depth_from_raw`).
 
 Sources: a :class:`retrieval.ClipSegment` or any object with ``path``, ``start`` and ``end``; a
@@ -37,7 +38,14 @@ import torch.nn.functional as F
 from retrieval.clip_reader import VideoDecodeError, probe_video, read_frames_at
 from retrieval.index_format import segment_sample_times
 from structure.depth_cache import DepthCache, images_key_record, video_key_record
-from structure.depth_sequence import DEFAULT_HIGH_PCT, DEFAULT_LOW_PCT, DepthSequence, depth_from_raw
+from structure.depth_sequence import (
+    DEFAULT_HIGH_PCT,
+    DEFAULT_LOW_PCT,
+    DEPTH_RANGE_SEQUENCE,
+    DEPTH_RANGES,
+    DepthSequence,
+    depth_from_raw,
+)
 from structure.framing import frame_image
 from structure.validation import InvalidArgumentError, check_frames, check_size, check_time_range
 
@@ -274,17 +282,21 @@ def extract_raw_depth(source, frames: int | None = None, size: tuple[int, int] =
 def extract_depth(source, frames: int | None = None, size: tuple[int, int] = DEFAULT_SIZE,
                   estimator: DepthModel | str | None = None, cache: DepthCache | str | os.PathLike | None = None,
                   smoothing: float = 0.0, fps: float = DEFAULT_FPS, low_pct: float = DEFAULT_LOW_PCT,
-                  high_pct: float = DEFAULT_HIGH_PCT) -> DepthSequence:
+                  high_pct: float = DEFAULT_HIGH_PCT, depth_range: str = DEPTH_RANGE_SEQUENCE) -> DepthSequence:
     """The :class:`DepthSequence` of ``source`` for a ``size = (W, H)`` render of ``frames`` frames at ``fps``.
 
     Depth is ``T x H x W`` float32 in ``[0, 1]``, near = bright, normalised with one percentile range
-    (``low_pct``, ``high_pct``) over the whole sequence and smoothed over time by a Gaussian of
-    ``smoothing`` frames (0: none). See :func:`extract_raw_depth` for the other arguments and errors.
+    (``low_pct``, ``high_pct``) over the whole sequence (``depth_range="sequence"``) or by each frame's own
+    min and max (``depth_range="frame"``, Make-Your-Video's convention), and smoothed over time by a Gaussian
+    of ``smoothing`` frames (0: none). See :func:`extract_raw_depth` for the other arguments and errors;
+    :class:`~structure.validation.InvalidArgumentError` names ``depth_range`` for another value.
     """
+    if depth_range not in DEPTH_RANGES:
+        raise InvalidArgumentError("depth_range", f"must be one of {', '.join(DEPTH_RANGES)}, got {depth_range!r}")
     if not (isinstance(fps, (int, float)) and fps > 0):
         raise InvalidArgumentError("fps", f"must be a positive number, got {fps!r}")
     if not (isinstance(smoothing, (int, float)) and smoothing >= 0):
         raise InvalidArgumentError("smoothing", f"must be 0 or more (frames), got {smoothing!r}")
     raw = extract_raw_depth(source, frames=frames, size=size, estimator=estimator, cache=cache)
     return depth_from_raw(raw.values, fps=fps, source=raw.source, smoothing=smoothing, low_pct=low_pct,
-                          high_pct=high_pct)
+                          high_pct=high_pct, depth_range=depth_range)

@@ -249,7 +249,7 @@ def test_json_schema_describes_the_format():
     assert {"format_version", "title", "style", "defaults", "characters", "shots"} <= set(schema["properties"])
     shot = schema["$defs"]["Shot"]["properties"]
     assert {"id", "text", "characters", "motion_query", "caption", "negative_prompt", "analysis", "frames",
-            "duration", "seed", "tau", "clip"} == set(shot)
+            "duration", "seed", "tau", "eta", "depth_range", "clip"} == set(shot)
     assert {"minimum": 0, "maximum": 1} in [{k: b[k] for k in ("minimum", "maximum") if k in b}
                                              for b in shot["tau"]["anyOf"]]
     defaults = schema["$defs"]["Defaults"]["properties"]
@@ -304,8 +304,8 @@ MALFORMED = [
     ("shot-field-typo", lambda d: d["shots"][1].update(tua=0.5), "shots[1].tua: unknown field; did you mean 'tau'?"),
     ("top-field-typo", lambda d: d.update(charcters={}), "charcters: unknown field; did you mean 'characters'?"),
     ("defaults-unknown-field", lambda d: d.update(defaults={"sampler": "ddim"}),
-     "defaults.sampler: unknown field; allowed fields are fps, frames, guidance, height, negative_prompt, "
-     "scheduler, seed, steps, tau, width"),
+     "defaults.sampler: unknown field; allowed fields are depth_range, eta, fps, frames, guidance, height, "
+     "negative_prompt, scheduler, seed, steps, tau, width"),
     ("token-format", lambda d: d["characters"]["hare"].update(token="hare"),
      "characters.hare.token: must look like <name>: letters, digits, '_' or '-' in angle brackets, got 'hare'"),
     ("token-space", lambda d: d["characters"]["hare"].update(token="<the hare>"),
