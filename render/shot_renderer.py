@@ -165,7 +165,7 @@ class ShotRenderer:
         from structure.conditioning import controlnet_condition
 
         # the shot's scheduler with the preset's settings (Lightning's trailing timesteps, say)
-        scheduler = preset_scheduler(self.settings.models.preset_name(), shot.scheduler)
+        scheduler = preset_scheduler(self._components.preset, shot.scheduler)
         sampler = StructureGuidedSampler(self._components, scheduler=scheduler)
         with tqdm(disable=not self.settings.progress, dynamic_ncols=True, total=shot.steps, desc=f"  {shot.id}",
                   unit="step", leave=False) as steps:

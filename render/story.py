@@ -428,13 +428,14 @@ def _finish(plan: StoryPlan, sidecars: dict[str, ShotSidecar], status: dict[str,
     video = write_story_video(plan.out, plan.shots, sidecars, plan.options.crossfade,
                               title=getattr(plan.storyboard, "title", None))
     components = renderer.components  # None when nothing was rendered here (all skipped, or on Ray workers)
+    preset = plan.models.preset_name()
     report = StoryReport(
         code_version=CODE_VERSION,
         storyboard=StoryboardRecord(path=str(Path(plan.options.storyboard).resolve()), sha256=plan.storyboard_sha256,
                                     title=plan.storyboard.title),
-        models=ModelsRecord(preset=plan.models.preset_name(), depth_model=plan.depth_model,
+        models=ModelsRecord(preset=preset, depth_model=plan.depth_model,
                             specification=plan.models.record(),
-                            shot_defaults=presets.get_preset(plan.models.preset_name()).shot_defaults(),
+                            shot_defaults=presets.get_preset(preset).shot_defaults(),
                             render=components.record() if components is not None
                             else sidecars[plan.shots[0].id].models),
         index=IndexRecord.of(plan.index_record),

@@ -120,3 +120,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def photos(reference_images, tmp_path_factory):
+    """The two real photographs plus a mirrored copy of one (3 images, the method's minimum), loaded at 64 px."""
+    import shutil
+
+    from PIL import Image
+
+    from characters.reference_images import load_reference_images
+
+    folder = tmp_path_factory.mktemp("photos")
+    for path in sorted(reference_images.glob("*.png")):
+        shutil.copy(path, folder / path.name)
+    with Image.open(reference_images / "chelsea.png") as image:
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "chelsea_flipped.png")
+    return load_reference_images(folder, 64)

@@ -19,17 +19,6 @@ RESOLUTION = 64
 FRAMES = 4
 
 
-@pytest.fixture(scope="module")
-def photos(reference_images, tmp_path_factory):
-    """The two real photographs plus a mirrored copy of one (3 images, the method's minimum)."""
-    folder = tmp_path_factory.mktemp("photos")
-    for path in sorted(reference_images.glob("*.png")):
-        shutil.copy(path, folder / path.name)
-    with Image.open(reference_images / "chelsea.png") as image:
-        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "chelsea_flipped.png")
-    return load_reference_images(folder, RESOLUTION)
-
-
 def settings(**overrides) -> TrainingSettings:
     values = dict(name="cat", token="<cat>", class_word="cat", steps=30, rank=4, resolution=RESOLUTION,
                   frames=FRAMES, table_lr=1e-3, lora_lr=1e-3, seed=3)

@@ -4,12 +4,10 @@ compel's padding of a long positive / short negative prompt pair, and the charac
 
 from __future__ import annotations
 
-import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
-from PIL import Image
 
 from render.sampler import StructureGuidedSampler
 
@@ -126,18 +124,6 @@ def test_padded_pair_keeps_the_plain_encoding_values(components):
 
 
 # -- 3. the character trainer's loss -------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def photos(reference_images, tmp_path_factory):
-    from characters.reference_images import load_reference_images
-
-    folder = tmp_path_factory.mktemp("photos")
-    for path in sorted(reference_images.glob("*.png")):
-        shutil.copy(path, folder / path.name)
-    with Image.open(reference_images / "chelsea.png") as image:
-        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "chelsea_flipped.png")
-    return load_reference_images(folder, 64)
-
-
 def alphas_cumprod() -> torch.Tensor:
     """The render's betas (linear 0.00085-0.012 over 1000 steps, storyreel.models.schedulers), computed here."""
     betas = torch.linspace(0.00085, 0.012, 1000, dtype=torch.float32)
