@@ -46,6 +46,7 @@ activations in the backward pass.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -495,6 +496,20 @@ class CharacterTrainer:
                                                  training=self.training_record())
         character.table = fill_untrained_rows(character.table, self.row_updates)
         return character
+
+    @contextlib.contextmanager
+    def untrained_rows_derived(self):
+        """For the duration, the live table holds what the character file will hold (its untrained rows derived
+        from the trained ones), so a validation clip reads no row that is still at its initial value; the
+        trained values are put back after."""
+        with torch.no_grad():
+            live = self.table.detach().clone()
+            self.table.copy_(fill_untrained_rows(live, self.row_updates))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                self.table.copy_(live)
 
     def run(self, *, checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 0,
             validate: Callable[["CharacterTrainer", int], None] | None = None, validate_every: int = 0,

@@ -71,12 +71,14 @@ def render_validation_clip(components, character_set, prompt: str, negative_prom
 def make_validator(components, folder: Path, prompt: str, negative_prompt: str, condition: torch.Tensor, steps: int,
                    seed: int, fps: float, echo: Callable[[str], None]):
     """A ``validate(trainer, step)`` callback for :func:`characters.training.train_character`: renders
-    ``prompt`` with the character as trained so far into ``folder/step-NNNNNNN.gif``."""
+    ``prompt`` with the character as trained so far into ``folder/step-NNNNNNN.gif``, with its untrained table
+    rows derived as the character file will have them (:meth:`CharacterTrainer.untrained_rows_derived`)."""
     from storyreel.video_files import write_gif
 
     def validate(trainer, step: int) -> None:
-        frames = render_validation_clip(components, trainer.character_set, prompt, negative_prompt, condition,
-                                        steps=steps, seed=seed, autocast_dtype=trainer.autocast_dtype)
+        with trainer.untrained_rows_derived():
+            frames = render_validation_clip(components, trainer.character_set, prompt, negative_prompt, condition,
+                                            steps=steps, seed=seed, autocast_dtype=trainer.autocast_dtype)
         path = write_gif(frames, Path(folder) / f"step-{step:07d}.gif", fps)
         echo(f"validation clip at step {step}: {path}")
 

@@ -10,7 +10,7 @@ from functools import partial
 
 import numpy as np
 
-from index_builder.segmenter import SceneAwareSegmenter, SegmentSettings
+from index_builder.segmenter import SceneAwareSegmenter, SegmentSettings, scene_ends
 from index_builder.sources import VideoJob
 from retrieval.clip_reader import VideoDecodeError, iter_frames
 from retrieval.frame_preprocessing import square_crop
@@ -34,6 +34,8 @@ class DecodedVideo:
     starts: list[float] = field(default_factory=list)
     ends: list[float] = field(default_factory=list)
     motions: list[float] = field(default_factory=list)
+    scene_starts: list[float] = field(default_factory=list)  # the cut-free scene holding each segment
+    scene_ends: list[float] = field(default_factory=list)
     frames: np.ndarray | None = None  # segments x frames x S x S x 3 uint8
     warning: str | None = None  # decoding stopped early; the segments before it are kept
 
@@ -68,5 +70,7 @@ def decode_video(job: VideoJob, settings: DecodeSettings) -> DecodedVideo:
     return DecodedVideo(
         job=job, fps=info.fps, width=info.width, height=info.height, duration_s=info.duration_s,
         backend=info.backend, starts=[s.start for s in segments], ends=[s.end for s in segments],
-        motions=[s.motion for s in segments], frames=np.stack([s.frames for s in segments]), warning=warning,
+        motions=[s.motion for s in segments], scene_starts=[s.scene_start for s in segments],
+        scene_ends=scene_ends(segments, segmenter.cuts, end), frames=np.stack([s.frames for s in segments]),
+        warning=warning,
     )

@@ -42,6 +42,7 @@ class Segment:
     end: float
     frames: np.ndarray  # frames_per_segment x S x S x 3, already framed for the embedder
     motion: float  # mean absolute colour change per second (channels in [0, 1])
+    scene_start: float = 0.0  # where the cut-free scene holding the segment starts (a cut or the first frame)
 
 
 class _Frame:
@@ -63,7 +64,7 @@ class SceneAwareSegmenter:
     def __init__(self, settings: SegmentSettings, prepare: Callable[[np.ndarray], np.ndarray]):
         self.settings = settings
         self.prepare = prepare
-        self.cuts: list[float] = []
+        self.cuts: list[float] = []  # times of the first frame after each detected cut
         self._buffer: deque[_Frame] = deque()
         self._previous_thumb: np.ndarray | None = None
         self._recent_changes: deque[float] = deque(maxlen=15)
@@ -146,4 +147,14 @@ class SceneAwareSegmenter:
         inside = [f.change for f in frames if start + TIME_EPSILON < f.time < end - TIME_EPSILON]
         motion = float(sum(inside) / max(end - start, 1e-6))
         self._emitted += 1
-        return Segment(start=float(start), end=float(end), frames=picked, motion=motion)
+        return Segment(start=float(start), end=float(end), frames=picked, motion=motion,
+                       scene_start=float(self._scene_start))
+
+
+def scene_ends(segments: list[Segment], cuts: list[float], end_time: float) -> list[float]:
+    """Where the scene of each segment ends: the first cut after the scene's start, or ``end_time``."""
+    ends = []
+    for segment in segments:
+        later = [cut for cut in cuts if cut > segment.scene_start + TIME_EPSILON]
+        ends.append(float(min(later)) if later else float(end_time))
+    return ends

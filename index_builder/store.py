@@ -17,7 +17,7 @@ import numpy as np
 
 from index_builder.decode_worker import DecodedVideo
 from index_builder.sources import VideoJob
-from retrieval.index_format import EMBEDDINGS_DIR, METADATA_FILE, SCHEMA
+from retrieval.index_format import EMBEDDINGS_DIR, METADATA_FILE, SCHEMA, add_scene_columns
 from storyreel import atomic_files
 
 
@@ -28,6 +28,7 @@ class IndexStore:
         self.db = sqlite3.connect(self.out_dir / METADATA_FILE, isolation_level=None)
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.executescript(SCHEMA)
+        add_scene_columns(self.db)  # a build resumed on a database from before the scene columns
         self.shard_size = shard_size
         self.flush_interval_s = flush_interval_s
         self._next_video = self._scalar("SELECT COALESCE(MAX(video_id) + 1, 0) FROM videos")
@@ -81,6 +82,7 @@ class IndexStore:
             self._segments.append((
                 self._next_segment, video_id, job.path, video.starts[i], video.ends[i], video.fps, video.width,
                 video.height, job.label, job.caption, video.motions[i], self._next_shard, row + i,
+                video.scene_starts[i], video.scene_ends[i],
             ))
             self._next_segment += 1
         self._vectors.append(np.asarray(vectors, dtype=np.float32))
@@ -111,7 +113,8 @@ class IndexStore:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany("INSERT INTO shards VALUES (?, ?, ?, ?)", shard_rows)
             self.db.executemany("INSERT INTO videos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._videos)
-            self.db.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._segments)
+            self.db.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                self._segments)
             self.db.execute("COMMIT")
         self._videos, self._segments, self._vectors = [], [], []
 

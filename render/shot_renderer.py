@@ -183,13 +183,19 @@ class ShotRenderer:
         return frames, controlnet_calls
 
     def _write_files(self, shot, segment: Segment, depth, frames: np.ndarray) -> None:
-        """The preview (a few retrieved frames and their depth, for the sheet), then the gif and the mp4."""
+        """The preview (a few footage frames and their depth: the same frames of the shot, for the sheet), then the
+        gif and the mp4."""
+        from retrieval.clip_reader import read_frames_at
         from storyreel.video_files import write_gif, write_mp4
-        from structure.extract import read_source_frames
+        from structure.extract import resolve_source
+        from structure.framing import frame_image
 
         files = shot_files(self.settings.out, shot)
         picks = np.linspace(0, shot.frames - 1, PREVIEW_FRAMES).round().astype(int)
-        retrieved = read_source_frames(segment.range, frames=PREVIEW_FRAMES, size=shot.size)
+        footage = resolve_source(segment.range)
+        times = footage.sample_times(shot.frames)
+        retrieved = np.stack([frame_image(frame, shot.size)
+                              for frame in read_frames_at(footage.path, [times[i] for i in picks])])
         with atomic_path(files["preview"]) as tmp:
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, retrieved=retrieved,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from storyreel.atomic_files import write_json
 
-CODE_VERSION = 2  # bump when a change in the render changes a shot's pixels (it is part of every settings hash)
+CODE_VERSION = 3  # bump when a change in the render changes a shot's pixels (it is part of every settings hash)
 
 
 def shot_files(out: Path, shot) -> dict[str, Path]:
@@ -26,10 +26,38 @@ def shot_files(out: Path, shot) -> dict[str, Path]:
 
 
 @dataclass(frozen=True)
+class FootageRecord:
+    """What the shot plays of its clip (:class:`retrieval.footage.Footage`): the span ``start``-``end``
+    (seconds), its ``speed`` (footage seconds per shot second; 1.0 keeps the real motion), how it was fitted
+    (``fit``; ``pingpong``: the span plays forwards and back), the cut-free ``room`` it could use, and the
+    shot's length (``shot_seconds``)."""
+
+    start: float
+    end: float
+    speed: float
+    fit: str
+    pingpong: bool
+    room: list[float]
+    shot_seconds: float
+
+
+@dataclass(frozen=True)
+class FootageSpan:
+    """The footage a shot plays, as :func:`structure.extract.resolve_source` and
+    :func:`retrieval.reranking.overlaps` read it: ``path``, ``start``, ``end`` and ``pingpong_s``."""
+
+    path: str
+    start: float
+    end: float
+    pingpong_s: float | None = None
+
+
+@dataclass(frozen=True)
 class Segment:
     """A shot's footage: the retrieved segment (``source="retrieval"``) or the shot's clip override
-    (``source="clip_override"``: no segment id, score or label). ``path``, ``start`` and ``end`` are all that
-    :func:`retrieval.reranking.overlaps` needs, so segments are the avoid list of the next search."""
+    (``source="clip_override"``: no segment id, score or label), and what the shot plays of its clip
+    (``footage``; None in sidecars from before footage kept its speed, where the segment itself was played).
+    :attr:`range` is the footage played, so the ranges of rendered shots are the avoid list of the next search."""
 
     source: str
     segment_id: int | None
@@ -38,11 +66,20 @@ class Segment:
     end: float
     score: float | None
     label: str | None
+    footage: FootageRecord | None = None
 
     @property
-    def range(self) -> tuple[str, float, float]:
-        """``(path, start, end)``: the footage as a :func:`structure.extract.resolve_source` source."""
-        return (self.path, self.start, self.end)
+    def range(self) -> FootageSpan:
+        """The footage played, as a :func:`structure.extract.resolve_source` source."""
+        if self.footage is None:
+            return FootageSpan(self.path, self.start, self.end)
+        return FootageSpan(self.path, self.footage.start, self.footage.end,
+                           self.footage.shot_seconds if self.footage.pingpong else None)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Segment:
+        footage = data.get("footage")
+        return cls(**{**data, "footage": None if footage is None else FootageRecord(**footage)})
 
 
 @dataclass(frozen=True)
@@ -117,7 +154,7 @@ class ShotSidecar:
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data or f.default is MISSING}
         if set(data) - set(values):
             raise KeyError(f"unknown sidecar keys {sorted(set(data) - set(values))}")
-        values.update(segment=Segment(**data["segment"]), depth=DepthRecord(**data["depth"]),
+        values.update(segment=Segment.from_json(data["segment"]), depth=DepthRecord(**data["depth"]),
                       worker=WorkerRecord(**data["worker"]),
                       characters={name: CharacterUse(**use) for name, use in data["characters"].items()})
         return cls(**values)

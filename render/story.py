@@ -80,7 +80,7 @@ from render.shot_renderer import (
     deterministic_torch,
     with_style,
 )
-from render.shot_sidecar import CODE_VERSION, Segment, ShotSidecar, shot_files
+from render.shot_sidecar import CODE_VERSION, FootageRecord, Segment, ShotSidecar, shot_files
 from render.story_report import (
     IndexRecord,
     ModelsRecord,
@@ -307,13 +307,34 @@ def _check_characters(shots, models: str) -> tuple[tuple[str, str, str], ...]:
 
 
 def _check_clip(shot) -> None:
-    """A clip override must open and its range lie within the clip (checked before any model loads)."""
+    """A clip override must open, its range lie within the clip, and its footage fill the shot within the
+    shot's max_speed_change (checked before any model loads)."""
+    from retrieval.footage import FootageFitError
     from structure.extract import check_within_clip, resolve_source
 
     try:
-        check_within_clip(resolve_source((shot.clip.path, shot.clip.start, shot.clip.end)))
+        check_within_clip(resolve_source(override_footage(shot)))
+    except FootageFitError as exc:
+        raise StoryInputError(f"shot {shot.id!r}: clip {shot.clip.path}: {exc} (give a longer range, or set the "
+                              "shot's footage_fit or max_speed_change)") from None
     except Exception as exc:  # noqa: BLE001  (decode errors of any kind are the input's fault here)
         raise StoryInputError(f"shot {shot.id!r}: clip {shot.clip.path}: {exc}") from None
+
+
+def override_footage(shot):
+    """The :class:`retrieval.footage.Footage` of a shot's clip override: its range (or, without an end, from its
+    start to the clip's end) fitted to the shot's duration as its ``footage_fit`` says."""
+    from retrieval.clip_reader import probe_video
+    from retrieval.footage import fit_footage
+
+    clip = shot.clip
+    if clip.end is not None:
+        segment = room = (clip.start, clip.end)
+    else:
+        clip_end = probe_video(clip.path).duration_s
+        room = (clip.start, max(clip.start, clip_end))
+        segment = (clip.start, min(clip.start + shot.duration, room[1]))
+    return fit_footage(str(clip.path), segment, room, shot.duration, shot.footage_fit, shot.max_speed_change)
 
 
 def _open_index(index_dir: Path):
@@ -334,17 +355,25 @@ def _open_index(index_dir: Path):
 
 # -- running ------------------------------------------------------------------------------------------------
 def choose_segment(plan: StoryPlan, shot, avoid: list) -> Segment:
-    """The shot's footage: its clip override, else the best retrieved segment not overlapping ``avoid``."""
+    """The shot's footage: its clip override, else the best retrieved segment whose clip can fill the shot's
+    duration (:func:`retrieval.footage.find_footage`) without playing footage in ``avoid`` (other shots'
+    :attr:`Segment.range`); with the span the shot plays and its speed."""
+    from retrieval.footage import FootageFitError, find_footage
+
     if shot.clip is not None:
+        footage = override_footage(shot)
         return Segment(source="clip_override", segment_id=None, path=str(shot.clip.path), start=shot.clip.start,
-                       end=shot.clip.end, score=None, label=None)
-    found = plan.library.search(shot.motion_query, k=1, avoid=avoid)
-    if not found:
-        raise RuntimeError(f"shot {shot.id!r}: the index has no segment for {shot.motion_query!r} that does not "
-                           "overlap another shot's footage")
-    chosen = found[0]
+                       end=shot.clip.end if shot.clip.end is not None else footage.end, score=None, label=None,
+                       footage=FootageRecord(**footage.record()))
+    try:
+        chosen, footage = find_footage(plan.library, shot.motion_query, shot.duration, shot.footage_fit,
+                                       shot.max_speed_change, used=avoid)
+    except LookupError as exc:
+        raise RuntimeError(f"shot {shot.id!r}: {exc}") from None
+    except FootageFitError as exc:
+        raise StoryInputError(f"shot {shot.id!r}: {exc}") from None
     return Segment(source="retrieval", segment_id=chosen.segment_id, path=chosen.path, start=chosen.start,
-                   end=chosen.end, score=chosen.score, label=chosen.label)
+                   end=chosen.end, score=chosen.score, label=chosen.label, footage=FootageRecord(**footage.record()))
 
 
 def render_story(plan: StoryPlan, echo: Callable[[str], None] = print) -> dict:
@@ -374,17 +403,17 @@ def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
     status = {shot.id: "skipped" for shot in plan.shots if shot.id in sidecars}
     to_render = [shot for shot in plan.shots if shot.id not in sidecars]
 
+    used = [sidecar.segment.range for sidecar in sidecars.values()]
+    jobs = []
+    for shot in to_render:  # footage first: a shot no footage can fill fails before any model loads
+        t0 = time.perf_counter()
+        segment = choose_segment(plan, shot, avoid=list(used))
+        used.append(segment.range)
+        jobs.append((shot, segment, time.perf_counter() - t0))
     renderer = ShotRenderer(plan.render_settings())
     if to_render and options.engine == "local":
         renderer.load()  # a load error fails here, before anything is written
     (out / "shots").mkdir(parents=True, exist_ok=True)
-    used = [sidecar.segment for sidecar in sidecars.values()]
-    jobs = []
-    for shot in to_render:
-        t0 = time.perf_counter()
-        segment = choose_segment(plan, shot, avoid=list(used))
-        used.append(segment)
-        jobs.append((shot, segment, time.perf_counter() - t0))
 
     with tqdm(disable=not options.progress, dynamic_ncols=True, total=len(plan.shots), initial=len(sidecars),
               desc="story", unit="shot") as bar:

@@ -184,11 +184,20 @@ def sheet_row(out: Path, shot, sidecar: ShotSidecar, frames: np.ndarray):
         with np.load(preview) as data:
             retrieved, depth = data["retrieved"], data["depth"].astype(np.float32) / 255
     segment = sidecar.segment
-    where = f"query: {sidecar.query}  ->  {Path(segment.path).name}  {segment.start:.2f}-{segment.end:.2f} s"
+    where = f"query: {sidecar.query}  ->  {Path(segment.path).name}  {footage_text(segment)}"
     if segment.score is not None:
         where += f"  score {segment.score:.3f}"
     return SheetRow(title=f"{shot.index + 1}. {shot.id}", caption=shot.text, source=where, retrieved=retrieved,
                     depth=depth, rendered=frames, prompt=sidecar.prompt)
+
+
+def footage_text(segment) -> str:
+    """``1.20-5.20 s at 1.00x`` (the span the shot plays and its speed), ``back and forth`` when it loops."""
+    footage = segment.footage
+    if footage is None:
+        return f"{segment.start:.2f}-{segment.end:.2f} s"
+    text = f"{footage.start:.2f}-{footage.end:.2f} s at {footage.speed:.2f}x"
+    return text + " back and forth" if footage.pingpong else text
 
 
 def story_table(shots: Sequence, sidecars: dict[str, ShotSidecar], status: dict[str, str]) -> str:
@@ -197,7 +206,7 @@ def story_table(shots: Sequence, sidecars: dict[str, ShotSidecar], status: dict[
     for shot in shots:
         sidecar = sidecars[shot.id]
         segment = sidecar.segment
-        clip = f"{Path(segment.path).name} {segment.start:.2f}-{segment.end:.2f}"
+        clip = f"{Path(segment.path).name} {footage_text(segment)}"
         rows.append((shot.id, clip, status.get(shot.id, ""), f"{sidecar.timings_s['total']:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)

@@ -30,7 +30,9 @@ def _table(results) -> str:
 @click.option("--models", default=None,
               help=f"Query model, the same as the index's: a preset ({', '.join(presets.PRESET_NAMES)}: its CLIP "
                    "model) or an open_clip NAME:TAG as build-index takes [default: the index's].")
-@click.option("--duration", type=float, default=None, help="Prefer segments of about this many seconds.")
+@click.option("--duration", type=float, default=None,
+              help="Prefer segments whose clip has this many seconds of cut-free footage around them (a shot this "
+                   "long plays them at their own speed).")
 @click.option("--min-motion", type=float, default=None, help="Drop segments with a lower motion score.")
 @click.option("--max-motion", type=float, default=None, help="Drop segments with a higher motion score.")
 @click.option("--per-clip", type=IntRange(min=1), default=None, help="At most this many segments per clip.")
@@ -53,7 +55,8 @@ def main(index, query, k, as_json, contact_sheet, models, duration, min_motion, 
     except ValueError as exc:
         fail(str(exc))
     if as_json:
-        keys = ("score", "label", "caption", "path", "start", "end", "segment_id", "clip_score", "motion_score")
+        keys = ("score", "label", "caption", "path", "start", "end", "segment_id", "clip_score", "motion_score",
+                "scene_start", "scene_end")
         click.echo(json.dumps([{"rank": i, **{key: getattr(r, key) for key in keys}}
                                for i, r in enumerate(results, start=1)], indent=2))
     else:

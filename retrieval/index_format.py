@@ -67,10 +67,31 @@ CREATE TABLE IF NOT EXISTS segments (
     caption      TEXT,
     motion_score REAL NOT NULL,
     shard_id     INTEGER NOT NULL REFERENCES shards(shard_id),
-    shard_row    INTEGER NOT NULL
+    shard_row    INTEGER NOT NULL,
+    scene_start_s REAL,
+    scene_end_s   REAL
 );
 CREATE INDEX IF NOT EXISTS segments_by_video ON segments(video_id);
 """
+
+# The cut-free stretch of its clip that holds each segment (from the cut before it, or the clip's first frame,
+# to the cut after it, or the clip's end): how far a shot's footage may extend the segment. Added to format
+# version 1 later; an index built before has no such columns (NULL: only the segment itself is known cut-free).
+SCENE_COLUMNS = ("scene_start_s", "scene_end_s")
+
+
+def add_scene_columns(db) -> None:
+    """Give an index database written before :data:`SCENE_COLUMNS` existed those columns (NULL for old rows)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(segments)")}
+    for column in SCENE_COLUMNS:
+        if column not in present:
+            db.execute(f"ALTER TABLE segments ADD COLUMN {column} REAL")
+
+
+def has_scene_columns(db) -> bool:
+    present = {row[1] for row in db.execute("PRAGMA table_info(segments)")}
+    return all(column in present for column in SCENE_COLUMNS)
+
 
 # Frames are taken at the middle of N equal slices of a segment; the frame shown at time t is the last
 # decoded frame whose timestamp is <= t (+ this tolerance for rounding in container timestamps).

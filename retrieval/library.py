@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from retrieval.clip_reader import read_segment_frames
-from retrieval.index_format import FAISS_FILE, METADATA_FILE, IndexFormatError, Manifest
+from retrieval.index_format import FAISS_FILE, METADATA_FILE, IndexFormatError, Manifest, has_scene_columns
 from retrieval.reranking import RerankOptions, rerank
 from retrieval.vector_search import VectorSearcher
 
@@ -36,10 +36,22 @@ class ClipSegment:
     label: str | None
     caption: str | None
     motion_score: float
+    scene_start: float | None = None
+    """Start of the cut-free stretch of the clip that holds the segment (None: an index from before scenes
+    were recorded, where only the segment itself is known to be cut-free)."""
+    scene_end: float | None = None
+    """End of that stretch: the next detected cut, or the end of the clip (or of its listed range)."""
 
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+    @property
+    def scene(self) -> tuple[float, float]:
+        """``(start, end)`` of the cut-free stretch holding the segment: how far its footage may extend."""
+        if self.scene_start is None or self.scene_end is None:
+            return (self.start, self.end)
+        return (min(self.scene_start, self.start), max(self.scene_end, self.end))
 
     def read_frames(self, num_frames: int | None = None, fps: float | None = None,
                     size: tuple[int, int] | None = None) -> np.ndarray:
@@ -51,6 +63,7 @@ class ClipSegment:
 
 
 _SEGMENT_COLUMNS = "segment_id, clip_path, start_s, end_s, fps, width, height, label, caption, motion_score"
+_SCENE_COLUMNS = ", scene_start_s, scene_end_s"
 
 
 class Library:
@@ -66,6 +79,7 @@ class Library:
         self._shard_starts = shard_starts
         self._embedder = embedder
         self._model_spec = model_spec or manifest.model["spec"]
+        self._columns = _SEGMENT_COLUMNS + (_SCENE_COLUMNS if has_scene_columns(db) else "")
         self._searcher = VectorSearcher(faiss_index, self.vectors, nprobe=manifest.search.get("nprobe", 0),
                                         rescore_factor=manifest.search.get("rescore_factor", 1))
 
@@ -144,13 +158,13 @@ class Library:
             return []
         marks = ",".join("?" * len(ids))
         rows = {row[0]: row for row in self._db.execute(
-            f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE segment_id IN ({marks})", ids)}
+            f"SELECT {self._columns} FROM segments WHERE segment_id IN ({marks})", ids)}
         scores = scores if scores is not None else [float("nan")] * len(ids)
         out = []
         for segment_id, score in zip(ids, scores):
-            sid, path, start, end, fps, width, height, label, caption, motion = rows[segment_id]
+            sid, path, start, end, fps, width, height, label, caption, motion, *scene = rows[segment_id]
             out.append(ClipSegment(sid, float(score), float(score), path, start, end, fps, width, height,
-                                   label, caption, motion))
+                                   label, caption, motion, *scene))
         return out
 
     # -- search --------------------------------------------------------------------------------

@@ -1,10 +1,15 @@
-"""Re-ranking of CLIP candidates: label/caption match, fit to a duration, motion range, diversity.
+"""Re-ranking of CLIP candidates: label/caption match, room for a shot's duration, motion range, diversity.
 
 The final score is the CLIP cosine plus small, explained adjustments, so the raw similarity stays the
 dominant signal::
 
     score = clip_score + label_weight * word_match(query, label or caption)
-                       - duration_weight * min(1, |duration - target| / target)
+                       - duration_weight * min(1, max(0, duration - room) / duration)
+
+``room`` is the length of the cut-free stretch of the clip around the segment (its scene, where the index
+recorded one; else the segment itself): a shot of ``duration`` seconds takes footage of its own length from
+there (:mod:`retrieval.footage`), so a segment whose clip can host the whole shot loses nothing, and one
+that would have to be slowed down loses in proportion to the missing time.
 
 Segments whose motion score lies outside ``motion_range`` are dropped. ``max_per_clip`` keeps the
 best N segments of any one clip, and ``avoid`` drops segments that overlap ones already used (how
@@ -73,6 +78,12 @@ def word_match(query: str | None, text: str | None) -> float:
     return len(target & content_words(query)) / len(target)
 
 
+def room(segment: Scored) -> float:
+    """Seconds of cut-free footage around ``segment``: its scene where known, else the segment itself."""
+    start, end = getattr(segment, "scene", (segment.start, segment.end))
+    return end - start
+
+
 def overlaps(a: Scored, b: Scored) -> bool:
     return a.path == b.path and a.start < b.end and b.start < a.end
 
@@ -94,8 +105,7 @@ def rerank(
         if query and options.label_weight:
             score += options.label_weight * max(word_match(query, segment.label), word_match(query, segment.caption))
         if options.duration is not None:
-            misfit = abs((segment.end - segment.start) - options.duration) / options.duration
-            score -= options.duration_weight * min(1.0, misfit)
+            score -= options.duration_weight * min(1.0, max(0.0, options.duration - room(segment)) / options.duration)
         kept.append(replace(segment, score=score))
     kept.sort(key=lambda s: -s.score)
     if options.max_per_clip is None:

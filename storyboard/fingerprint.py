@@ -6,9 +6,10 @@ motion query, its characters (token, class word, LoRA scale and the SHA-256 of t
 content) and its clip override (the SHA-256 of the file's content and the time range). It leaves out
 what does not change the pixels: the shot's id and position, the title, the planner's analysis, and
 where files live (moving the project keeps every hash). Settings added after the first version of the
-record (``eta``, ``depth_range``) are in it only when they differ from their defaults, so a storyboard that
-does not use them keeps the hash it always had (its output folder keeps resuming). The caller adds what
-the storyboard cannot know (the index's fingerprint, model presets, the render code's version) through ``extra``.
+record (``eta``, ``depth_range``, ``footage_fit``, ``max_speed_change``) are in it only when they differ
+from their defaults, so a storyboard that does not use them keeps the hash it always had (its output folder
+keeps resuming). The caller adds what the storyboard cannot know (the index's fingerprint, model presets,
+the render code's version) through ``extra``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import hashlib
 import json
 from typing import Mapping
 
-from storyboard.shot_settings import DEFAULT_DEPTH_RANGE, DEFAULT_ETA, ShotSettings
+from storyboard.shot_settings import (
+    DEFAULT_DEPTH_RANGE,
+    DEFAULT_ETA,
+    DEFAULT_FOOTAGE_FIT,
+    DEFAULT_MAX_SPEED_CHANGE,
+    ShotSettings,
+)
 from storyreel.hashing import file_sha256
 
 HASH_VERSION = 1
@@ -60,6 +67,10 @@ def shot_record(settings: ShotSettings) -> dict:
         record["eta"] = settings.eta
     if settings.depth_range != DEFAULT_DEPTH_RANGE:
         record["depth_range"] = settings.depth_range
+    if settings.footage_fit != DEFAULT_FOOTAGE_FIT:
+        record["footage_fit"] = settings.footage_fit
+    if settings.max_speed_change != DEFAULT_MAX_SPEED_CHANGE:
+        record["max_speed_change"] = settings.max_speed_change
     return record
 
 

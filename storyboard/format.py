@@ -70,7 +70,10 @@ from storyboard.shot_ids import unique_safe_ids
 from storyboard.shot_settings import (
     DEFAULT_DEPTH_RANGE,
     DEFAULT_ETA,
+    DEFAULT_FOOTAGE_FIT,
+    DEFAULT_MAX_SPEED_CHANGE,
     DEPTH_RANGES,
+    FOOTAGE_FITS,
     ResolvedCharacter,
     ResolvedClip,
     ShotSettings,
@@ -99,7 +102,7 @@ FROM_DEFAULT = "default"
 # The defaults a model preset may give (ModelPreset.shot_defaults), and the settings whose source is told.
 MODEL_DEFAULT_KEYS = ("steps", "guidance", "scheduler")
 SOURCED_SETTINGS = ("width", "height", "frames", "fps", "steps", "guidance", "tau", "seed", "scheduler",
-                    "negative_prompt", "eta", "depth_range")
+                    "negative_prompt", "eta", "depth_range", "footage_fit", "max_speed_change")
 
 # Constrained values, shared by the defaults and the shots that override them.
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -111,6 +114,8 @@ Guidance = Annotated[float, Field(ge=0, le=30)]
 Tau = Annotated[float, Field(ge=0, le=1)]
 Eta = Annotated[float, Field(ge=0, le=1)]
 DepthRange = Literal[DEPTH_RANGES]
+FootageFit = Literal[FOOTAGE_FITS]
+SpeedChange = Annotated[float, Field(ge=1, le=8)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Scheduler = Literal[SCHEDULER_NAMES]
 
@@ -161,6 +166,14 @@ class Defaults(_Model):
     """How the footage's depth is brought to [0, 1]: "sequence" (one range for the whole shot, so a still
     surface keeps its brightness) or "frame" (each frame's own min and max: Make-Your-Video's convention and
     the depth ControlNet's training data)."""
+    footage_fit: FootageFit = DEFAULT_FOOTAGE_FIT
+    """How the footage fills the shot's duration: "extend" (footage of the shot's own length around the matched
+    segment, inside its cut-free scene, so the motion keeps its real speed; slowed only when the scene is
+    shorter), "stretch" (the matched segment itself, retimed to the shot) or "pingpong" (as extend, but a
+    scene shorter than the shot plays forwards and back at its real speed)."""
+    max_speed_change: SpeedChange = DEFAULT_MAX_SPEED_CHANGE
+    """How much faster or slower than real the footage may play (1-8; 1.5 allows 0.67x to 1.5x); footage that
+    would need more is passed over for the next match, or refused."""
 
     @model_serializer(mode="wrap")
     def _keep_model_defaults_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
@@ -237,14 +250,15 @@ class ClipOverride(_Model):
     """The video file, relative to the storyboard's folder."""
     start: Annotated[float, Field(ge=0)] = 0.0
     """Start of the segment in seconds."""
-    end: Annotated[float, Field(gt=0)]
-    """End of the segment in seconds, after start."""
+    end: Annotated[float, Field(gt=0)] | None = None
+    """End of the segment in seconds, after start; left out: as much as the shot's duration needs (at most to
+    the clip's end). The segment fills the shot as the shot's footage_fit says."""
 
     @field_validator("end")
     @classmethod
-    def _after_start(cls, end: float, info: ValidationInfo) -> float:
+    def _after_start(cls, end: float | None, info: ValidationInfo) -> float | None:
         start = info.data.get("start")
-        if start is not None and end <= start:
+        if start is not None and end is not None and end <= start:
             raise custom_error("clip_range", f"must be after start ({start:g} s), got {end:g}")
         return end
 
@@ -278,6 +292,11 @@ class Shot(_Model):
     """The shot's DDIM eta, 0-1 (default: defaults.eta)."""
     depth_range: DepthRange | None = None
     """The shot's depth normalisation, "sequence" or "frame" (default: defaults.depth_range)."""
+    footage_fit: FootageFit | None = None
+    """How the shot's footage fills its duration: "extend", "stretch" or "pingpong" (default:
+    defaults.footage_fit)."""
+    max_speed_change: SpeedChange | None = None
+    """How much faster or slower than real the shot's footage may play, 1-8 (default: defaults.max_speed_change)."""
     clip: ClipOverride | None = None
     """A clip that gives the shot its motion instead of retrieval."""
 
@@ -493,7 +512,8 @@ class Storyboard(_Model):
         item = self.shot(shot)
         own = {"frames": item.frames is not None or item.duration is not None, "tau": item.tau is not None,
                "seed": item.seed is not None, "negative_prompt": item.negative_prompt is not None,
-               "eta": item.eta is not None, "depth_range": item.depth_range is not None}
+               "eta": item.eta is not None, "depth_range": item.depth_range is not None,
+               "footage_fit": item.footage_fit is not None, "max_speed_change": item.max_speed_change is not None}
         return {key: FROM_SHOT if own.get(key) else self._default_source(key, model) for key in SOURCED_SETTINGS}
 
     def _default_source(self, key: str, model: ModelDefaults) -> str:
@@ -541,6 +561,9 @@ class Storyboard(_Model):
             clip=clip,
             eta=item.eta if item.eta is not None else defaults.eta,
             depth_range=item.depth_range if item.depth_range is not None else defaults.depth_range,
+            footage_fit=item.footage_fit if item.footage_fit is not None else defaults.footage_fit,
+            max_speed_change=(item.max_speed_change if item.max_speed_change is not None
+                              else defaults.max_speed_change),
             sources=sources,
         )
 

@@ -16,6 +16,14 @@ DEPTH_RANGE_SEQUENCE = "sequence"  # one depth range for the whole sequence (sto
 DEPTH_RANGE_FRAME = "frame"  # each frame stretched by its own min and max (Make-Your-Video, the ControlNet's data)
 DEPTH_RANGES = (DEPTH_RANGE_SEQUENCE, DEPTH_RANGE_FRAME)
 DEFAULT_DEPTH_RANGE = DEPTH_RANGE_SEQUENCE
+# How a shot's footage fills its duration (retrieval.footage): extended within its clip at its real speed,
+# the matched segment retimed, or looped back and forth; and how far its speed may change.
+FOOTAGE_FIT_EXTEND = "extend"
+FOOTAGE_FIT_STRETCH = "stretch"
+FOOTAGE_FIT_PINGPONG = "pingpong"
+FOOTAGE_FITS = (FOOTAGE_FIT_EXTEND, FOOTAGE_FIT_STRETCH, FOOTAGE_FIT_PINGPONG)
+DEFAULT_FOOTAGE_FIT = FOOTAGE_FIT_EXTEND
+DEFAULT_MAX_SPEED_CHANGE = 1.5
 
 
 def frames_for_duration(duration: float, fps: float) -> int:
@@ -46,11 +54,12 @@ class ResolvedCharacter:
 
 @dataclass(frozen=True)
 class ResolvedClip:
-    """A shot's clip override: this segment (seconds) of this file is its motion, not a retrieved one."""
+    """A shot's clip override: this segment (seconds) of this file is its motion, not a retrieved one.
+    ``end`` None: from ``start`` on, as far as the shot needs (at most to the clip's end)."""
 
     path: Path
     start: float
-    end: float
+    end: float | None
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,8 @@ class ShotSettings:
     or ``default``; :meth:`storyboard.Storyboard.setting_sources`); it is not part of the settings hash.
     ``eta`` is DDIM's eta (0: deterministic, 1: fresh noise each step); ``depth_range`` how the footage's depth
     is normalised: ``sequence`` (one range for all frames) or ``frame`` (each frame's own min and max).
+    ``footage_fit`` and ``max_speed_change`` say how the footage fills the shot's duration (see
+    :mod:`retrieval.footage`): ``extend``, ``stretch`` or ``pingpong``, and the largest speed change allowed.
     """
 
     index: int
@@ -87,6 +98,8 @@ class ShotSettings:
     clip: ResolvedClip | None
     eta: float = DEFAULT_ETA
     depth_range: str = DEFAULT_DEPTH_RANGE
+    footage_fit: str = DEFAULT_FOOTAGE_FIT
+    max_speed_change: float = DEFAULT_MAX_SPEED_CHANGE
     sources: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @property

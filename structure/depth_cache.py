@@ -40,11 +40,13 @@ def default_cache_root() -> Path:
 
 
 def video_key_record(path: str | os.PathLike, start: float, end: float, frames: int, size: tuple[int, int],
-                     model_fingerprint: str) -> dict:
-    """The key record of a video segment (the file is identified by path, size and mtime)."""
+                     model_fingerprint: str, pingpong_s: float | None = None) -> dict:
+    """The key record of a video segment (the file is identified by path, size and mtime); ``pingpong_s``: the
+    range plays back and forth for that many seconds (in the key only then, so older keys stay)."""
     path = Path(path).resolve()
     stat = path.stat()
-    return {
+    extra = {} if pingpong_s is None else {"pingpong_s": round(float(pingpong_s), 6)}
+    return {**extra,
         "version": CACHE_VERSION,
         "kind": "video",
         "path": str(path),

@@ -3,8 +3,10 @@
 The pipeline, for a video source:
 
 1. sample ``frames`` frames over ``[start, end)`` at the midpoints of equal slices (as the index samples
-   segments), whatever the clip's own frame rate: the segment is resampled to the render's frame count
-   and then plays at the render's ``fps``;
+   segments), whatever the clip's own frame rate: the range is resampled to the render's frame count
+   and then plays at the render's ``fps`` (a shot's :class:`retrieval.footage.Footage` is a range of the
+   shot's own duration, so its motion keeps its real speed), or, for footage that plays back and forth
+   (``pingpong_s``), walk the range forwards and back at its own speed;
 2. decode them at full resolution (``retrieval.clip_reader``) and frame them for the render with
    :func:`structure.framing.frame_image` (cover crop to ``size``);
 3. estimate raw inverse depth on the framed frames (the model resizes to its own input size and the
@@ -13,7 +15,8 @@ The pipeline, for a video source:
    each frame by its own min and max (``depth_range="frame"``), and optionally smooth it in time
    (:func:`structure.depth_sequence.depth_from_raw`).
 
-Sources: a :class:`retrieval.ClipSegment` or any object with ``path``, ``start`` and ``end``; a
+Sources: a :class:`retrieval.footage.Footage`, a :class:`retrieval.ClipSegment` or any object with
+``path``, ``start`` and ``end`` (and optionally ``pingpong_s``); a
 ``(path, start, end)`` tuple; a bare video path (the whole clip); or a sequence of images (PIL images or
 ``H x W x 3`` uint8 arrays, or one ``N x H x W x 3`` array), one depth frame per image, e.g. the
 pseudo-videos that character training makes from reference images.
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from retrieval.clip_reader import VideoDecodeError, probe_video, read_frames_at
-from retrieval.index_format import segment_sample_times
+from retrieval.footage import footage_sample_times
 from structure.depth_cache import DepthCache, images_key_record, video_key_record
 from structure.depth_sequence import (
     DEFAULT_HIGH_PCT,
@@ -71,9 +74,12 @@ class VideoRange:
     path: str
     start: float
     end: float
+    pingpong_s: float | None = None
+    """None: the range plays once, spread over the frames; seconds: it plays forwards and back at its own
+    speed for this long (:func:`retrieval.footage.footage_sample_times`)."""
 
     def sample_times(self, frames: int) -> list[float]:
-        return segment_sample_times(self.start, self.end, frames)
+        return footage_sample_times(self.start, self.end, frames, self.pingpong_s)
 
 
 @dataclass
@@ -93,7 +99,7 @@ def _is_path(value: Any) -> bool:
 def resolve_source(source) -> VideoRange | list[np.ndarray]:
     """A :class:`VideoRange` for a video source, or the list of ``H x W x 3`` uint8 images."""
     if hasattr(source, "path") and hasattr(source, "start") and hasattr(source, "end"):
-        return _video_range(source.path, source.start, source.end)
+        return _video_range(source.path, source.start, source.end, getattr(source, "pingpong_s", None))
     if isinstance(source, tuple) and len(source) == 3 and _is_path(source[0]):
         return _video_range(*source)
     if _is_path(source):
@@ -103,7 +109,7 @@ def resolve_source(source) -> VideoRange | list[np.ndarray]:
     return _images(source)
 
 
-def _video_range(path, start, end) -> VideoRange:
+def _video_range(path, start, end, pingpong_s: float | None = None) -> VideoRange:
     try:
         start, end = float(start), float(end)
     except (TypeError, ValueError):
@@ -111,7 +117,7 @@ def _video_range(path, start, end) -> VideoRange:
             "start", f"start and end must be numbers of seconds, got {start!r} and {end!r}"
         ) from None
     start, end = check_time_range(start, end)
-    return VideoRange(str(path), start, end)
+    return VideoRange(str(path), start, end, None if pingpong_s is None else float(pingpong_s))
 
 
 def _images(source) -> list[np.ndarray]:
@@ -252,8 +258,11 @@ def extract_raw_depth(source, frames: int | None = None, size: tuple[int, int] =
     if isinstance(resolved, VideoRange):
         description = {"kind": "video", "path": str(Path(resolved.path).resolve()), "start": resolved.start,
                        "end": resolved.end, "sample_times": [round(t, 6) for t in resolved.sample_times(count)]}
+        if resolved.pingpong_s is not None:
+            description["pingpong_s"] = resolved.pingpong_s
         if cache is not None:
-            record = video_key_record(resolved.path, resolved.start, resolved.end, count, size, fingerprint)
+            record = video_key_record(resolved.path, resolved.start, resolved.end, count, size, fingerprint,
+                                      pingpong_s=resolved.pingpong_s)
     else:
         description = {"kind": "images", "count": count}
         if cache is not None:

@@ -3,6 +3,8 @@ to what the render's sampler makes of the same character."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from test_characters_render import FRAMES, SIZE, condition, random_character
 
@@ -24,7 +26,8 @@ def test_a_validation_clip_equals_the_render_sampler_with_per_step_rows(componen
         averaged = np.asarray(sampler(prompt, negative, **kwargs).frames)  # the token's time average throughout
 
         lines = []
-        trainer = type("Trainer", (), {"character_set": characters, "autocast_dtype": None})()
+        trainer = type("Trainer", (), {"character_set": characters, "autocast_dtype": None,
+                                       "untrained_rows_derived": lambda self: contextlib.nullcontext()})()
         make_validator(components, tmp_path, prompt, negative, condition(), 4, 3, 8.0, lines.append)(trainer, 7)
 
     assert clip.shape == (FRAMES, SIZE, SIZE, 3)

@@ -249,7 +249,7 @@ def test_json_schema_describes_the_format():
     assert {"format_version", "title", "style", "defaults", "characters", "shots"} <= set(schema["properties"])
     shot = schema["$defs"]["Shot"]["properties"]
     assert {"id", "text", "characters", "motion_query", "caption", "negative_prompt", "analysis", "frames",
-            "duration", "seed", "tau", "eta", "depth_range", "clip"} == set(shot)
+            "duration", "seed", "tau", "eta", "depth_range", "footage_fit", "max_speed_change", "clip"} == set(shot)
     assert {"minimum": 0, "maximum": 1} in [{k: b[k] for k in ("minimum", "maximum") if k in b}
                                              for b in shot["tau"]["anyOf"]]
     defaults = schema["$defs"]["Defaults"]["properties"]
@@ -304,8 +304,8 @@ MALFORMED = [
     ("shot-field-typo", lambda d: d["shots"][1].update(tua=0.5), "shots[1].tua: unknown field; did you mean 'tau'?"),
     ("top-field-typo", lambda d: d.update(charcters={}), "charcters: unknown field; did you mean 'characters'?"),
     ("defaults-unknown-field", lambda d: d.update(defaults={"sampler": "ddim"}),
-     "defaults.sampler: unknown field; allowed fields are depth_range, eta, fps, frames, guidance, height, "
-     "negative_prompt, scheduler, seed, steps, tau, width"),
+     "defaults.sampler: unknown field; allowed fields are depth_range, eta, footage_fit, fps, frames, guidance, "
+     "height, max_speed_change, negative_prompt, scheduler, seed, steps, tau, width"),
     ("token-format", lambda d: d["characters"]["hare"].update(token="hare"),
      "characters.hare.token: must look like <name>: letters, digits, '_' or '-' in angle brackets, got 'hare'"),
     ("token-space", lambda d: d["characters"]["hare"].update(token="<the hare>"),
@@ -328,8 +328,12 @@ MALFORMED = [
     ("clip-end-before-start", _clip(2.0, 1.0), "shots[0].clip.end: must be after start (2 s), got 1"),
     ("clip-end-equals-start", _clip(2.0, 2.0), "shots[0].clip.end: must be after start (2 s), got 2"),
     ("clip-negative-start", _clip(-1, 1.0), "shots[0].clip.start: must be at least 0, got -1"),
-    ("clip-missing-end", lambda d: d["shots"][0].update(clip={"path": "clip.mp4"}),
-     "shots[0].clip.end: required field is missing"),
+    ("clip-missing-path", lambda d: d["shots"][0].update(clip={"start": 1.0}),
+     "shots[0].clip.path: required field is missing"),
+    ("footage-fit", lambda d: d["shots"][0].update(footage_fit="loop"),
+     "shots[0].footage_fit: must be one of 'extend', 'stretch', 'pingpong', got 'loop'"),
+    ("speed-change-below-1", lambda d: d.update(defaults={"max_speed_change": 0.5}),
+     "defaults.max_speed_change: must be between 1 and 8, got 0.5"),
     ("missing-text", lambda d: d["shots"][1].pop("text"), "shots[1].text: required field is missing"),
     ("blank-text", lambda d: d["shots"][1].update(text="   "), "shots[1].text: must not be empty"),
     ("missing-title", lambda d: d.pop("title"), "title: required field is missing"),

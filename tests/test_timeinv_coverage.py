@@ -65,6 +65,27 @@ def test_every_row_a_render_reads_is_trained_or_derived(components, tiny_depth_m
     assert loaded.untrained_rows_read(25) == {name: [r for r in rows if updates[r] == 0] for name, rows in read.items()}
 
 
+def test_validation_clips_read_the_derived_rows_and_training_keeps_its_own(components, tiny_depth_model, tmp_path,
+                                                                          monkeypatch):
+    import characters.validation as validation
+
+    seen = []
+
+    def fake_clip(components, character_set, *args, **kwargs):
+        seen.append(trainer.table.detach().clone())
+        return np.zeros((2, 8, 8, 3), dtype=np.uint8)
+
+    monkeypatch.setattr(validation, "render_validation_clip", fake_clip)
+    with CharacterTrainer(components, tiny_depth_model, images(), scaled_default_settings(steps=4)) as trainer:
+        validate = validation.make_validator(components, tmp_path, "<hare> rabbit", "", None, 2, 0, 8.0, print)
+        trainer.run(progress=False, validate=validate, validate_every=4)
+        live = trainer.table.detach().clone()
+        updates = trainer.row_updates.clone()
+    assert 0 < int((updates > 0).sum()) < SCALED_BUCKETS  # some rows untrained after 4 steps
+    assert len(seen) == 1 and torch.equal(seen[0], fill_untrained_rows(live, updates))  # what the file will hold
+    assert not torch.equal(seen[0], live) and torch.equal(trainer.table.detach(), live)  # put back after
+
+
 def test_fill_untrained_rows_interpolates_between_trained_neighbours():
     rows = torch.tensor([[9.0], [2.0], [9.0], [9.0], [8.0], [9.0]])
     filled = fill_untrained_rows(rows, torch.tensor([0, 3, 0, 0, 1, 0]))
