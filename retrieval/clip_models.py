@@ -6,6 +6,8 @@ Model specs (what ``--models`` takes):
   ``ViT-B-32:laion2b_s34b_b79k``, ``tiny`` → ``tiny``, ``sd15-random`` → ``ViT-B-32`` (random weights);
 * ``tiny``: open_clip's CLIP architecture from a small config with seeded random weights, built in code,
   with open_clip's bundled BPE tokenizer. Runs the real code path on CPU in milliseconds.
+* ``toy``: open_clip's CLIP architecture at toy size (:data:`TOY_CONFIG`), trained on the toy world
+  (``make toy-world``; weights in ``storyreel/models/toy_weights``, checked against their manifest's sha256).
 * ``NAME:TAG``: an open_clip architecture and pretrained tag, e.g. ``ViT-B-32:laion2b_s34b_b79k``
   (the default).
 * ``NAME``: an open_clip architecture at its real size with seeded random weights (nothing is downloaded).
@@ -39,6 +41,14 @@ DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 TINY = "tiny"
 TINY_SEED = 0
 RANDOM_SEED = 0  # the weights of an open_clip architecture named without pretrained weights
+TOY = "toy"
+TOY_WEIGHTS_FILE = "clip.safetensors"
+TOY_INIT_SEED = 0
+TOY_CONFIG = {  # 64x64 frames (the toy world's size), the real BPE vocabulary with a short context
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
 TINY_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
@@ -62,7 +72,7 @@ class ModelSpec:
                                  "such as " + DEFAULT_MODEL)
         if text in PRESETS:
             text = PRESETS[text].clip_model
-        if text == TINY or text.startswith(("hf-hub:", "local-dir:")):
+        if text in (TINY, TOY) or text.startswith(("hf-hub:", "local-dir:")):
             return cls(text)
         name, sep, tag = text.partition(":")
         return cls(name, tag or None) if sep else cls(name)
@@ -75,17 +85,35 @@ class ModelSpec:
         return self.name == TINY
 
 
-def _build_tiny() -> tuple[torch.nn.Module, object]:
+def build_small_clip(config: dict, seed: int) -> tuple[torch.nn.Module, object]:
+    """open_clip's ``CLIP`` from a small ``config`` (seeded weights) and the real BPE tokenizer at its context."""
     import open_clip
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-    with seeded(TINY_SEED):
+    with seeded(seed):
         model = open_clip.CLIP(
-            embed_dim=TINY_CONFIG["embed_dim"],
-            vision_cfg=CLIPVisionCfg(**TINY_CONFIG["vision_cfg"]),
-            text_cfg=CLIPTextCfg(**TINY_CONFIG["text_cfg"]),
+            embed_dim=config["embed_dim"],
+            vision_cfg=CLIPVisionCfg(**config["vision_cfg"]),
+            text_cfg=CLIPTextCfg(**config["text_cfg"]),
         )
-    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=TINY_CONFIG["text_cfg"]["context_length"])
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
+    return model, tokenizer
+
+
+def _build_tiny() -> tuple[torch.nn.Module, object]:
+    return build_small_clip(TINY_CONFIG, TINY_SEED)
+
+
+def build_toy_clip(folder: Path | None = None) -> tuple[torch.nn.Module, object]:
+    """The toy preset's CLIP with its trained weights from ``folder`` (default: ``storyreel/models/toy_weights``),
+    checked against the folder's manifest (:class:`storyreel.models.toy_weights.ToyWeightsError`)."""
+    from safetensors.torch import load_file
+
+    from storyreel.models.toy_weights import TOY_WEIGHTS_DIR, verified_file
+
+    model, tokenizer = build_small_clip(TOY_CONFIG, TOY_INIT_SEED)
+    state = load_file(str(verified_file(TOY_WEIGHTS_FILE, folder or TOY_WEIGHTS_DIR)))
+    model.load_state_dict({key: value.float() for key, value in state.items()})
     return model, tokenizer
 
 
@@ -217,6 +245,8 @@ def load_clip_model(spec: str | ModelSpec = DEFAULT_MODEL, device: str | torch.d
     device = torch.device(device) if device is not None else default_device()
     if spec.is_tiny:
         model, tokenizer = _build_tiny()
+    elif spec.name == TOY:
+        model, tokenizer = build_toy_clip()
     else:
         model, tokenizer = _build_open_clip(spec, device)
     return ClipEmbedder(spec, model, tokenizer, device)

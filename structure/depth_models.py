@@ -52,6 +52,23 @@ from storyreel.weights_policy import PICKLE_REFUSAL, PICKLE_SUFFIXES
 DEFAULT_MODEL = "dpt-hybrid"
 TINY = "tiny"
 TINY_SEED = 0
+TOY = "toy"
+TOY_WEIGHTS_FILE = "depth.safetensors"
+TOY_INIT_SEED = 0
+# The toy preset: a small DPT trained on the toy world (make toy-world), its weights checked against the
+# manifest of storyreel/models/toy_weights.
+TOY_CONFIG = {
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "image_size": 64,
+    "patch_size": 8,
+    "backbone_out_indices": [0, 1, 2, 3],
+    "neck_hidden_sizes": [16, 32, 64, 64],
+    "fusion_hidden_size": 32,
+    "initializer_range": 0.05,
+}
 RANDOM_SEED = 0
 
 # The tiny preset: the DPT (ViT) architecture at toy size. initializer_range 0.1, not DPT's 0.02: with
@@ -116,7 +133,7 @@ RANDOM_PRESETS = {
     "dpt-hybrid-random": DPT_HYBRID_CONFIG,
     "dpt-large-random": DPT_LARGE_CONFIG,
 }
-PRESET_NAMES = (*HUB_PRESETS, TINY, *RANDOM_PRESETS)
+PRESET_NAMES = (*HUB_PRESETS, TINY, TOY, *RANDOM_PRESETS)
 
 
 class DepthEstimator:
@@ -179,6 +196,24 @@ def build_tiny_model():
 
     with seeded(TINY_SEED):
         model = DPTForDepthEstimation(DPTConfig(**TINY_CONFIG))
+    return model, DPTImageProcessor(**TINY_PROCESSOR)
+
+
+def build_toy_model(trained: bool = True, folder: Path | None = None):
+    """The toy preset's ``DPTForDepthEstimation`` and its ``DPTImageProcessor`` (64x64, like the tiny one's):
+    with the trained weights of ``folder`` (default: ``storyreel/models/toy_weights``) checked against its
+    manifest, or (``trained=False``) the seeded initial ones training starts from."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    with seeded(TOY_INIT_SEED):
+        model = DPTForDepthEstimation(DPTConfig(**TOY_CONFIG))
+    if trained:
+        from safetensors.torch import load_file
+
+        from storyreel.models.toy_weights import TOY_WEIGHTS_DIR, verified_file
+
+        state = load_file(str(verified_file(TOY_WEIGHTS_FILE, folder or TOY_WEIGHTS_DIR)))
+        model.load_state_dict({key: value.float() for key, value in state.items()})
     return model, DPTImageProcessor(**TINY_PROCESSOR)
 
 
@@ -247,6 +282,8 @@ def load_depth_model(spec: str = DEFAULT_MODEL, device: str | torch.device | Non
                                   "a Hugging Face id or a local folder")
     if spec == TINY:
         model, processor = build_tiny_model()
+    elif spec == TOY:
+        model, processor = build_toy_model()
     elif spec in RANDOM_PRESETS:
         model, processor = build_random_model(spec)
     else:

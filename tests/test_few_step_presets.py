@@ -64,7 +64,8 @@ def test_few_step_presets_in_the_registry():
         "tiny": {"steps": 25, "guidance": 7.5, "scheduler": "ddim"},
         "sd15-random": {"steps": 25, "guidance": 7.5, "scheduler": "ddim"},
         "sd15-lightning": {"steps": 4, "guidance": 1.0, "scheduler": "euler"},
-        "sd15-lcm": {"steps": 6, "guidance": 1.5, "scheduler": "lcm"}}
+        "sd15-lcm": {"steps": 6, "guidance": 1.5, "scheduler": "lcm"},
+        "toy": {"steps": 20, "guidance": 4.0, "scheduler": "ddim"}}
     assert dict(lightning.scheduler_config) == {"timestep_spacing": "trailing"}
     assert all(dict(presets.get_preset(name).scheduler_config) == {}
                for name in ("sd15", "tiny", "sd15-random", "sd15-lcm"))

@@ -191,6 +191,64 @@ TINY_CONTROLNET_CONFIG = {
     "conditioning_channels": 3,
     "conditioning_embedding_out_channels": (4, 8, 8, 16),
 }
+# -- the toy preset -------------------------------------------------------------------------------------
+# Trained here on the toy world (toy_world/train_render.py): 64x64 frames, a 3-block VAE (4 pixels per latent
+# cell, so a 64x64 frame is a 16x16 latent with room for a figure's silhouette), the real CLIP vocabulary.
+TOY_TEXT_HIDDEN = 32
+TOY_TEXT_ENCODER_CONFIG = {
+    **SD15_TEXT_ENCODER_CONFIG,
+    "hidden_size": TOY_TEXT_HIDDEN,
+    "intermediate_size": 64,
+    "projection_dim": TOY_TEXT_HIDDEN,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
+TOY_VAE_CONFIG = {
+    "block_out_channels": (16, 32, 64),
+    "down_block_types": ("DownEncoderBlock2D",) * 3,
+    "up_block_types": ("UpDecoderBlock2D",) * 3,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 64,
+    "scaling_factor": 1.0,  # set from the trained latents' spread (toy_world.train_render.train_vae)
+}
+TOY_UNET_CONFIG = {
+    "block_out_channels": (32, 64, 64),
+    "layers_per_block": 1,
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),  # attention at 8x8, 4x4
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "cross_attention_dim": TOY_TEXT_HIDDEN,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
+TOY_MOTION_ADAPTER_CONFIG = {
+    "block_out_channels": (32, 64, 64),
+    "motion_layers_per_block": 1,
+    "motion_mid_block_layers_per_block": 1,
+    "motion_max_seq_length": 32,
+    "motion_norm_num_groups": 8,
+    "motion_num_attention_heads": 4,
+    "use_motion_mid_block": False,
+}
+TOY_CONTROLNET_CONFIG = {  # ControlNetModel.from_unet(toy UNet) with a 4x conditioning embedding
+    "block_out_channels": (32, 64, 64),
+    "layers_per_block": 1,
+    "in_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "cross_attention_dim": TOY_TEXT_HIDDEN,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+    "conditioning_channels": 3,
+    "conditioning_embedding_out_channels": (16, 32, 64),
+}
+TOY_SEED = 0
+
 # How the tiny ControlNet is perturbed (see perturb_controlnet).
 CONDITIONING_GAIN = 1.5
 CONDITIONING_EMBEDDING_STD = 0.5  # about the spread of the UNet's first features
@@ -305,6 +363,8 @@ def perturb_controlnet(controlnet) -> None:
 COMPONENT_NAMES = ("tokenizer", "text_encoder", "vae", "unet", "motion_adapter", "controlnet")
 TINY_CONFIGS = {"text_encoder": TINY_TEXT_ENCODER_CONFIG, "vae": TINY_VAE_CONFIG, "controlnet": TINY_CONTROLNET_CONFIG,
                 "motion_adapter": TINY_MOTION_ADAPTER_CONFIG, "unet": TINY_UNET_CONFIG}
+TOY_CONFIGS = {"text_encoder": TOY_TEXT_ENCODER_CONFIG, "vae": TOY_VAE_CONFIG, "controlnet": TOY_CONTROLNET_CONFIG,
+               "motion_adapter": TOY_MOTION_ADAPTER_CONFIG, "unet": TOY_UNET_CONFIG}
 SD15_RANDOM_CONFIGS = {"text_encoder": SD15_TEXT_ENCODER_CONFIG, "vae": SD15_VAE_CONFIG,
                        "controlnet": SD15_CONTROLNET_CONFIG, "motion_adapter": MOTION_ADAPTER_CONFIG,
                        "unet": SD15_UNET_CONFIG}
@@ -356,3 +416,9 @@ def build_random_components(device: torch.device | None = None, only=None, merge
     Its ControlNet is perturbed like the tiny one's, so depth changes its output too.
     """
     return _build_preset(SD15_RANDOM_CONFIGS, RANDOM_SEED, device, only, merge, perturb=True)
+
+
+def build_toy_components(device: torch.device | None = None, only=None) -> dict:
+    """The toy preset's components before training: seeded fresh weights, the UNet not merged (training merges
+    it for the motion stage) and the ControlNet not perturbed (training starts it from the trained UNet)."""
+    return _build_preset(TOY_CONFIGS, TOY_SEED, device, only, merge=False, perturb=False)

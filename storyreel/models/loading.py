@@ -334,7 +334,20 @@ def _check_tokenizer(tokenizer):
 
 
 def load_component(name: str, source: ComponentSource, dtype: torch.dtype = torch.float32):
-    """One component from the hub (or its cache) or a local folder; raises :class:`RenderModelLoadError`."""
+    """One component from the hub (or its cache), a local folder or the toy preset's trained weights (checked
+    against their manifest first); raises :class:`RenderModelLoadError`."""
+    if source.kind == "toy":
+        from storyreel.models.toy_weights import ToyWeightsError, verified_folder
+
+        folder = Path(source.location)
+        try:
+            verified_folder(str(folder.relative_to(folder.parent.parent)), folder.parent.parent)
+        except ToyWeightsError as exc:
+            raise RenderModelLoadError(f"cannot load the render's {name} of the toy preset: {exc}") from None
+        try:
+            return _from_pretrained(name, str(folder), None, None, None, dtype, local=True)
+        except Exception as exc:
+            raise _load_error(name, source, exc) from exc
     if source.kind == "local":
         folder = _component_folder(name, source)
         variant = None if name == "tokenizer" else _local_variant(name, folder)

@@ -9,6 +9,9 @@ preset             render components                    depth (structure)     CL
                    ControlNet v1.1, from the hub
 ``tiny``           the same architectures at toy size,  ``tiny``              ``tiny``
                    seeded random weights, built in code
+``toy``            the same architectures at toy size,  ``toy``               ``toy``
+                   trained here on the toy world
+                   (``storyreel/models/toy_weights``)
 ``sd15-random``    every component at its real size,    ``dpt-hybrid-random`` ``ViT-B-32`` (random weights)
                    seeded random weights, built in code
 ``sd15-lightning`` ``sd15`` with AnimateDiff-Lightning  ``dpt-hybrid``        ``ViT-B-32:laion2b_s34b_b79k``
@@ -25,6 +28,7 @@ preset             scheduler                                 steps guidance
 ================== ========================================= ===== ========
 ``sd15``, ``tiny``, ``ddim``                                    25    7.5
 ``sd15-random``
+``toy``            ``ddim``                                  20    4.0
 ``sd15-lightning`` ``euler``, ``timestep_spacing="trailing"`` 4     1.0 (no classifier-free guidance)
 ``sd15-lcm``       ``lcm``                                   6     1.5
 ================== ========================================= ===== ========
@@ -56,6 +60,7 @@ from storyreel.weights_policy import PICKLE_REFUSAL, is_pickle_checkpoint
 
 SD15 = "sd15"
 TINY = "tiny"
+TOY = "toy"
 SD15_RANDOM = "sd15-random"
 SD15_LIGHTNING = "sd15-lightning"
 SD15_LCM = "sd15-lcm"
@@ -134,7 +139,8 @@ class ModelPreset:
     """What one preset name means for every stage.
 
     ``render`` says how the render's six components come: ``hub`` (the ids below, from the hub or its
-    cache), ``tiny`` (toy size, seeded random weights) or ``random`` (real size, seeded random weights).
+    cache), ``tiny`` (toy size, seeded random weights), ``random`` (real size, seeded random weights) or
+    ``toy`` (toy size, trained on the toy world: :mod:`storyreel.models.toy_weights`, sha256-checked).
     ``architecture`` groups presets whose models have the same shapes: a character trained on one preset
     loads on every preset of its architecture.
 
@@ -212,6 +218,9 @@ PRESETS: dict[str, ModelPreset] = {preset.name: preset for preset in (
                 architecture="sd15", render="hub", depth_model="dpt-hybrid", clip_model="ViT-B-32:laion2b_s34b_b79k",
                 base=SD15_BASE_ID, motion_adapter=ANIMATELCM_REPO_ID, controlnet=CONTROLNET_ID,
                 lora=ANIMATELCM_LORA, lora_scale=ANIMATELCM_LORA_SCALE, scheduler="lcm", steps=6, guidance=1.5),
+    ModelPreset(TOY, "the same architectures at toy size, trained here on the procedural toy world (make toy-world): "
+                     "the demo and the functional tests",
+                architecture="toy", render="toy", depth_model="toy", clip_model="toy", steps=20, guidance=4.0),
 )}
 PRESET_NAMES = tuple(PRESETS)
 DEFAULT_PRESET = SD15

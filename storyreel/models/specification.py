@@ -60,7 +60,8 @@ OPTION_FLAGS = {"preset": "--models", "config_file": "--model-config", "base": "
                 "motion_adapter": "--motion-adapter", "controlnet": "--controlnet", "vae": "--vae",
                 "depth_model": "--depth-model"}
 # architecture (ModelPreset.architecture) → (name in messages, "is not ..." phrase)
-ARCHITECTURE_NAMES = {"sd15": ("SD1.5", "an SD1.5"), "tiny": ("the tiny preset", "a tiny-preset")}
+ARCHITECTURE_NAMES = {"sd15": ("SD1.5", "an SD1.5"), "tiny": ("the tiny preset", "a tiny-preset"),
+                      "toy": ("the toy preset", "a toy-preset")}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)*$")
 
 
@@ -105,7 +106,8 @@ class ComponentSource:
 
     ``kind``: ``hub`` (a diffusers repository, ``subfolder`` in it), ``local`` (a folder), ``file`` (one local
     ``.safetensors`` file), ``hub_file`` (``filename`` in the repository ``location``), ``tiny`` / ``random``
-    (built in code by the preset ``location``) or ``builtin`` (the CLIP tokenizer built in code).
+    (built in code by the preset ``location``), ``toy`` (the toy preset's trained folder ``location``, checked
+    against the toy weights' manifest) or ``builtin`` (the CLIP tokenizer built in code).
     """
 
     kind: str
@@ -124,6 +126,8 @@ class ComponentSource:
             return f"the {self.location} preset"
         if self.kind == "builtin":
             return "the built-in CLIP tokenizer"
+        if self.kind == "toy":
+            return f"the toy preset's trained weights '{self.location}'"
         if self.kind == "file":
             return f"the file '{self.location}'"
         where = f"'{self.location}'" + (f" (file '{self.filename}')" if self.filename else "")
@@ -315,6 +319,11 @@ def _preset_hub_source(value: str) -> ComponentSource:
 
 def preset_sources(preset: presets.ModelPreset) -> dict[str, ComponentSource]:
     """Where each of the six components of ``preset`` comes from when nothing replaces it."""
+    if preset.render == "toy":  # trained on the toy world, in the repository (storyreel.models.toy_weights)
+        from storyreel.models.toy_weights import RENDER_FOLDER, TOY_WEIGHTS_DIR
+
+        return {name: ComponentSource("builtin", "clip") if name == "tokenizer" else
+                ComponentSource("toy", str(TOY_WEIGHTS_DIR / RENDER_FOLDER / name)) for name in RENDER_PARTS}
     if preset.render != "hub":  # "tiny" or "random": built in code with seeded weights
         return {name: ComponentSource(preset.render, preset.name) for name in RENDER_PARTS}
     base = _preset_hub_source(preset.base)
@@ -361,7 +370,8 @@ def architecture_configs(preset: str) -> tuple[dict | None, str, str]:
     from storyreel.models import architectures  # imports torch: only when local weights are checked
 
     architecture = presets.PRESETS[preset].architecture
-    configs = {"sd15": architectures.SD15_RANDOM_CONFIGS, "tiny": architectures.TINY_CONFIGS}.get(architecture)
+    configs = {"sd15": architectures.SD15_RANDOM_CONFIGS, "tiny": architectures.TINY_CONFIGS,
+               "toy": architectures.TOY_CONFIGS}.get(architecture)
     name, phrase = ARCHITECTURE_NAMES.get(architecture, (architecture, f"a {architecture}"))
     return configs, name, phrase
 
