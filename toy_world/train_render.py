@@ -94,12 +94,6 @@ def _captions(captions: list[str], rng: np.random.Generator, drop: float) -> lis
 
 
 # -- components ------------------------------------------------------------------------------------------
-def build_components() -> dict:
-    """The toy render model's components with fresh (seeded) weights: tokenizer, text_encoder, vae, unet
-    (``UNet2DConditionModel``), motion_adapter, controlnet (from the fresh UNet)."""
-    return architectures.build_toy_components()
-
-
 class _Joint(torch.nn.Module):
     """Modules trained together in one stage (one state dict for the checkpoint)."""
 
@@ -324,7 +318,7 @@ def train_render_model(world: Path, out: Path = TOY_WEIGHTS_DIR, steps: dict | N
                    "init_seed": INIT_SEED, "seed": seed, "world": str(world.resolve()), "clips": len(clips),
                    "frames": len(data.frames), "scheduler": RENDER_SCHEDULER_CONFIG}
     with torch.random.fork_rng():
-        components = build_components()
+        components = architectures.build_toy_components()
     records = {}
     latents = None
     for stage in STAGES:

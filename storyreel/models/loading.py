@@ -337,11 +337,10 @@ def load_component(name: str, source: ComponentSource, dtype: torch.dtype = torc
     """One component from the hub (or its cache), a local folder or the toy preset's trained weights (checked
     against their manifest first); raises :class:`RenderModelLoadError`."""
     if source.kind == "toy":
-        from storyreel.models.toy_weights import ToyWeightsError, verified_folder
+        from storyreel.models.toy_weights import ToyWeightsError, render_component_folder
 
-        folder = Path(source.location)
         try:
-            verified_folder(str(folder.relative_to(folder.parent.parent)), folder.parent.parent)
+            folder = render_component_folder(Path(source.location).name)
         except ToyWeightsError as exc:
             raise RenderModelLoadError(f"cannot load the render's {name} of the toy preset: {exc}") from None
         try:
