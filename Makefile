@@ -51,10 +51,10 @@ demo: install
 	@echo "  fox/ (story.json + story.plan.json planned from a passage by the rules planner, render/ its video,"
 	@echo "  rendered offline from models/: the tiny preset's components as fetch-models writes them),"
 	@echo "  toy-world/, toy-index/, toy-top.png, toy-story/ (the toy world searched and rendered with --models toy:"
-	@echo "  models trained here on CPU; see docs/TOY_WORLD.md)"
+	@echo "  models trained here on CPU, the hare the toy character zuri; see docs/TOY_WORLD.md)"
 
-# Draw the toy world and train every toy model on it (about an hour on 2 CPU cores; rerun to resume after an
-# interruption). Writes storyreel/models/toy_weights/ (committed) and keeps the world and checkpoints in toy-world/.
+# Draw the toy world and train every toy model on it, then the toy character (under an hour on 2 CPU cores; rerun
+# to resume after an interruption). Writes storyreel/models/toy_weights/ (committed) and keeps the world and checkpoints in toy-world/.
 toy-world: install
 	$(BIN)/python -m toy_world --work toy-world --threads 2
 

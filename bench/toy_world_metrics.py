@@ -8,6 +8,13 @@
   (:mod:`toy_world.render_checks`): the figure IoU between each render and its guide's figure for τ = 0, 0.25,
   0.5, 0.75, 1 (target ≥ 0.5 at τ = 1, falling as τ falls), and the share of shots whose figure has the
   caption's colour (target ≥ 0.8);
+* ``identity``: the toy character (``toy_world.identity_checks``, trained with ``train-character --models toy``
+  by ``make toy-world``) rendered over held-out hare clips: the share of frames whose figure has the
+  character's colour with its token in the caption (target ≥ 0.8) and with the class word alone (≤ 0.3), and the
+  share the toy CLIP judges to be a hare;
+* ``normalisation``: depth of held-out clips of figures approaching the camera, normalised with one range per
+  sequence and per frame (``toy_world.normalisation_checks``): flicker of the still background, flicker, and the
+  figure's separation from its ground, for the ground truth and the toy DPT (``--chart`` draws one clip);
 * ``cuts``: the hard cuts of the held-out world that the index's segmenter finds (``SceneAwareSegmenter`` with
   build-index's default settings, on the decoded MP4 frames), and the cuts it reports where there is none.
 
@@ -29,6 +36,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MEASURES = ("clip", "depth", "render", "identity", "normalisation", "cuts")
 
 
 def cut_detection(world: Path) -> dict:
@@ -73,6 +81,56 @@ def render_figures(clips: list, shots: int, sheet: Path | None = None) -> dict:
             "shots": len(guides)}
 
 
+def identity_figures(clips: list, shots: int, weights: Path, sheet: Path | None = None) -> dict:
+    """The toy character's look with its token and with the class word, over the first ``shots`` hare clips."""
+    from storyreel.models.loading import load_render_components
+    from storyreel.models.toy_weights import verified_file
+    from structure.depth_models import load_depth_model
+    from toy_world import identity_checks
+    from toy_world.toy_character import CHARACTER_FILE
+    from toy_world.train_clip import load_toy_clip
+
+    components = load_render_components("toy", device="cpu")
+    estimator = load_depth_model("toy", device="cpu", progress=False)
+    guides = identity_checks.character_guides(clips, shots, depth_of=estimator)
+    character_set = identity_checks.load_character_set(components, verified_file(CHARACTER_FILE, weights))
+    if sheet is not None:
+        identity_checks.identity_sheet(components, character_set, identity_checks.character_clips(clips, 3),
+                                       guides[:3], sheet)
+    judge = identity_checks.kind_judge(load_toy_clip(weights))
+    return identity_checks.identity_figures(components, character_set, guides, judge_kind=judge)
+
+
+def normalisation_figures(clips: list, weights: Path, chart: Path | None = None) -> dict:
+    """Sequence against per-frame normalisation on the approaching clips, ground truth and toy DPT."""
+    from toy_world.normalisation_checks import approaching_clips, compare_normalisations, normalisation_chart
+    from toy_world.train_depth import load_toy_depth
+
+    approaching = approaching_clips(clips)
+    estimator = load_toy_depth(weights)
+    if chart is not None:
+        normalisation_chart(approaching[0], chart, depth_of=estimator)
+    return {"ground_truth": compare_normalisations(approaching),
+            "toy_dpt": compare_normalisations(approaching, depth_of=estimator)}
+
+
+def record_in_manifest(weights: Path, results: dict, settings: dict) -> None:
+    """Merge ``results`` into ``manifest.json``'s ``measured`` entry (one key per measure, with the held-out
+    world's settings and the date)."""
+    import datetime
+
+    from storyreel.atomic_files import write_json
+    from storyreel.models.toy_weights import MANIFEST_FILE
+
+    path = weights / MANIFEST_FILE
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    measured = manifest.setdefault("measured", {})
+    for name, figures in results.items():
+        measured[name] = {**figures, "heldout": settings, "date": datetime.date.today().isoformat(),
+                          "command": "python bench/toy_world_metrics.py --record"}
+    write_json(path, manifest)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", type=Path, default=None, help="Held-out world folder [default: a temporary one].")
@@ -80,10 +138,16 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=90)
     parser.add_argument("--weights", type=Path, default=None,
                         help="Weights folder [default: storyreel/models/toy_weights].")
-    parser.add_argument("--only", choices=("clip", "depth", "render", "cuts"), action="append", default=None)
+    parser.add_argument("--only", choices=MEASURES, action="append", default=None)
     parser.add_argument("--shots", type=int, default=12, help="Held-out shots the render figures are measured on.")
     parser.add_argument("--sheet", type=Path, default=None,
                         help="Also draw footage, depth, render at tau 1 and at tau 0 of 4 shots into this PNG.")
+    parser.add_argument("--identity-sheet", type=Path, default=None,
+                        help="Also draw the references and 3 hare shots with the token and the class word.")
+    parser.add_argument("--chart", type=Path, default=None,
+                        help="Also draw the normalisation chart of one approaching clip into this PNG.")
+    parser.add_argument("--record", action="store_true",
+                        help="Also store the figures in the weights' manifest.json (under 'measured').")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
@@ -96,7 +160,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     weights = args.weights or TOY_WEIGHTS_DIR
-    only = args.only or ["clip", "depth", "render", "cuts"]
+    only = args.only or list(MEASURES)
     with tempfile.TemporaryDirectory() as scratch:
         world = args.world or Path(scratch) / "heldout"
         write_world(world, seed=args.seed, clips=args.clips, split="heldout")
@@ -114,9 +178,17 @@ def main() -> None:
             started = time.perf_counter()
             results["render"] = render_figures(clips, args.shots, args.sheet)
             results["render"]["seconds"] = round(time.perf_counter() - started, 1)
+        if "identity" in only:
+            started = time.perf_counter()
+            results["identity"] = identity_figures(clips, args.shots, weights, args.identity_sheet)
+            results["identity"]["seconds"] = round(time.perf_counter() - started, 1)
+        if "normalisation" in only:
+            results["normalisation"] = normalisation_figures(clips, weights, args.chart)
         if "cuts" in only:
             results["cuts"] = cut_detection(world)
     print(json.dumps(results, indent=2))
+    if args.record:
+        record_in_manifest(weights, results, {"seed": args.seed, "clips": args.clips, "shots": args.shots})
 
 
 if __name__ == "__main__":

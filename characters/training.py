@@ -75,6 +75,7 @@ from characters.pseudo_video import (
 from characters.reference_images import ReferenceImage
 from characters.timeinv import fill_untrained_rows, row_update_counts
 from storyreel.hashing import file_sha256
+from storyreel.optimizer_state import optimizer_state, optimizer_tensors
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CHECKPOINT_FILE = "checkpoint.json"
@@ -392,20 +393,14 @@ class CharacterTrainer:
         tensors = {"table": self.table.detach().to("cpu").contiguous(), ROW_UPDATES_KEY: self.row_updates.clone()}
         for key, param in self.lora.items():
             tensors[f"lora.{key}"] = param.detach().to("cpu").contiguous()
-        state = self.optimizer.state_dict()
-        scalars = {}
-        for index, entries in state["state"].items():
-            for key, value in entries.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"optimizer.{index}.{key}"] = value.detach().to("cpu").contiguous()
-                else:
-                    scalars[f"{index}.{key}"] = value
+        optimizer_part, scalars, param_groups = optimizer_tensors(self.optimizer)
+        tensors.update(optimizer_part)
         with atomic_path(folder / name) as tmp:
             save_file(tensors, str(tmp))
         record = {
             "format_version": CHECKPOINT_VERSION, "step": self.step, "tensors": name,
             "sha256": file_sha256(folder / name), "settings": self.settings.identity(), "data": self.data_identity(),
-            "param_names": self.param_names, "param_groups": state["param_groups"], "optimizer_scalars": scalars,
+            "param_names": self.param_names, "param_groups": param_groups, "optimizer_scalars": scalars,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None, "loss": self.last_loss,
         }
         write_json(folder / CHECKPOINT_FILE, record)
@@ -452,20 +447,13 @@ class CharacterTrainer:
             self.table.copy_(tensors["table"])
             for key, param in self.lora.items():
                 param.copy_(tensors[f"lora.{key}"])
-        state: dict = {"state": {}, "param_groups": record["param_groups"]}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                state["state"].setdefault(int(index), {})[name] = value
+        state = optimizer_state(tensors, record.get("optimizer_scalars", {}), record["param_groups"])
         if ROW_UPDATES_KEY in tensors:
             self.row_updates = tensors[ROW_UPDATES_KEY].to(torch.long).clone()
         else:  # a checkpoint from before the counts were kept: the rows with Adam state were updated (once or more)
             second_moment = state["state"].get(0, {}).get("exp_avg_sq")
             self.row_updates = (second_moment.reshape(second_moment.shape[0], -1).abs().sum(1) > 0).to(torch.long) \
                 if second_moment is not None else torch.zeros(self.entry.table.buckets, dtype=torch.long)
-        for key, value in record.get("optimizer_scalars", {}).items():
-            index, name = key.split(".", 1)
-            state["state"].setdefault(int(index), {})[name] = value
         self.optimizer.load_state_dict(state)
         if record.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(record["scaler"])

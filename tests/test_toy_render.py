@@ -60,3 +60,19 @@ def test_every_stage_learns_and_the_folders_load_as_the_toy_preset(small_world, 
     unet_weights.write_bytes(unet_weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(ToyWeightsError, match="sha256"):
         verified_folder("render/unet", tmp_path / "weights")
+
+
+def test_the_vae_sees_figures_in_colours_the_world_does_not_have():
+    pixels = torch.rand(64, 3, 8, 8) * 2 - 1
+    figure = torch.zeros(64, 1, 8, 8, dtype=torch.bool)
+    figure[:, :, 2:6, 3:5] = True
+    out = train_render.recoloured_figures(pixels, figure, torch.Generator().manual_seed(0), share=0.5)
+    changed = (out != pixels).flatten(1).any(dim=1)
+    assert 16 <= int(changed.sum()) <= 48  # about half the samples
+    assert torch.equal(out[~figure.expand_as(out)], pixels[~figure.expand_as(pixels)])  # the background is kept
+    one = int(torch.nonzero(changed)[0])
+    inside = figure[one, 0]
+    before, after = pixels[one][:, inside], out[one][:, inside]
+    unclamped = (after.abs() < 1).all(dim=0)
+    # the shading is kept: the differences between figure pixels are the same where nothing was clamped
+    assert torch.allclose((after - before)[:, unclamped].std(dim=1), torch.zeros(3), atol=1e-6)

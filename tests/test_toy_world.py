@@ -17,7 +17,7 @@ from index_builder.build import BuildOptions, build_index
 from index_builder.sources import SourceReport, read_jsonl_manifest
 from retrieval.index_format import METADATA_FILE
 from storyreel.models.toy_weights import MANIFEST_FILE, TOY_WEIGHTS_DIR, ToyWeightsError, verified_file
-from toy_world import train_clip, train_depth
+from toy_world import train_clip, train_depth, training_loop
 from toy_world.scenes import (
     ACTIONS,
     BACKGROUNDS,
@@ -198,18 +198,18 @@ def test_the_clip_trainer_lowers_its_loss_and_resumes_to_the_same_weights(small_
     assert set(record["metrics"]) >= {"action_recall_at_1", "kind_colour_recall_at_1"}
 
     saves = []
-    original = train_clip.save_checkpoint
+    original = training_loop.save_checkpoint
 
     def killed_after_first_save(*args, **kwargs):
         original(*args, **kwargs)
         saves.append(args[3])
         raise KeyboardInterrupt  # as if killed right after the checkpoint
 
-    monkeypatch.setattr(train_clip, "save_checkpoint", killed_after_first_save)
+    monkeypatch.setattr(training_loop, "save_checkpoint", killed_after_first_save)
     with pytest.raises(KeyboardInterrupt):
         train_clip.train_clip(small_world, tmp_path / "resumed", steps=30, checkpoints=tmp_path / "c2",
                               checkpoint_every=12, progress=False)
-    monkeypatch.setattr(train_clip, "save_checkpoint", original)
+    monkeypatch.setattr(training_loop, "save_checkpoint", original)
     train_clip.train_clip(small_world, tmp_path / "resumed", steps=30, checkpoints=tmp_path / "c2",
                           checkpoint_every=12, progress=False)
     assert saves == [12]

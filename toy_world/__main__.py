@@ -5,7 +5,9 @@
 2. train the toy CLIP (:mod:`toy_world.train_clip`), the toy DPT (:mod:`toy_world.train_depth`) and the toy
    render model (:mod:`toy_world.train_render`) on the train split, measuring the first two on the held-out
    split;
-3. write the weights and ``manifest.json`` to ``storyreel/models/toy_weights`` (``--out``).
+3. train the toy character of the identity checks with ``train-character --models toy`` on the trained render
+   model (:mod:`toy_world.toy_character`);
+4. write the weights and ``manifest.json`` to ``storyreel/models/toy_weights`` (``--out``).
 
 Every step resumes: clips already drawn are not drawn again, and each training continues from its last
 checkpoint under ``WORK/checkpoints`` (a run killed with ``kill -9`` loses at most one checkpoint interval).
@@ -39,6 +41,7 @@ SEED = 0
 @quiet_option()
 def main(work, out, train_clips, heldout_clips, seed, threads, quiet):
     """Draw the toy world and train every toy model on it (about an hour on 2 CPU cores)."""
+    from toy_world.toy_character import train_toy_character
     from toy_world.train_clip import train_clip
     from toy_world.train_depth import train_depth
     from toy_world.train_render import train_render_model
@@ -60,6 +63,9 @@ def main(work, out, train_clips, heldout_clips, seed, threads, quiet):
     for stage, record in render.items():
         click.echo(f"toy render {stage}: loss {record['first_loss']} → {record['final_loss']:.4f} in "
                    f"{record['train_seconds']} s", err=True)
+    character = train_toy_character(work, out, progress=not quiet)
+    click.echo(f"toy character: {character['steps']} steps, loss {character['final_loss']} in "
+               f"{character['seconds']} s", err=True)
     click.echo(f"toy world trained in {time.perf_counter() - started:.0f} s; weights and manifest in {out}")
 
 

@@ -3,17 +3,17 @@ render's functional tests (motion transfer, caption control, identity).
 
 A toy scene is a background made of two colour gradients (sky from its top colour to its horizon colour,
 ground from its horizon colour to its bottom colour, :data:`toy_world.scenes.PALETTES`) and one figure in one of
-the flat :data:`toy_world.scenes.COLOURS`. A pixel is the figure's when its colour is farther than
-``margin`` from both gradients of the scene's background and nearer to some figure colour than to them; the
-figure's colour is the figure colour most of its pixels are nearest to. No model is involved, so the measure
-cannot share a failure with the models it measures.
+the flat :data:`toy_world.scenes.FIGURE_COLOURS` (the world's colours and the toy characters'). A pixel is the
+figure's when its colour is farther than ``margin`` from both gradients of the scene's background and nearer to
+some figure colour than to them; the figure's colour is the figure colour most of its pixels are nearest to. No
+model is involved, so the measure cannot share a failure with the models it measures.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from toy_world.scenes import COLOURS, PALETTES
+from toy_world.scenes import FIGURE_COLOURS, PALETTES
 
 DEFAULT_MARGIN = 40.0  # RGB distance (0-441) beyond which a pixel is not the background's
 
@@ -34,9 +34,9 @@ def background_distance(frames: np.ndarray, background: str) -> np.ndarray:
 
 
 def colour_distances(frames: np.ndarray) -> np.ndarray:
-    """Distance of each pixel to each figure colour: ``... x H x W x len(COLOURS)``."""
+    """Distance of each pixel to each figure colour: ``... x H x W x len(FIGURE_COLOURS)``."""
     pixels = np.asarray(frames, dtype=np.float32)[..., None, :]
-    palette = np.asarray(list(COLOURS.values()), dtype=np.float32)
+    palette = np.asarray(list(FIGURE_COLOURS.values()), dtype=np.float32)
     return np.linalg.norm(pixels - palette, axis=-1)
 
 
@@ -53,7 +53,7 @@ def figure_colour(frames: np.ndarray, background: str, margin: float = DEFAULT_M
     if not mask.any():
         return None
     nearest = colour_distances(frames)[mask].argmin(axis=-1)
-    return list(COLOURS)[int(np.bincount(nearest, minlength=len(COLOURS)).argmax())]
+    return list(FIGURE_COLOURS)[int(np.bincount(nearest, minlength=len(FIGURE_COLOURS)).argmax())]
 
 
 def mask_iou(first: np.ndarray, second: np.ndarray) -> float:

@@ -52,8 +52,9 @@ def caption_for(spec: ClipSpec, colour: str | None = None) -> str:
 
 
 def render_shot(components, guide: Guide, prompt: str, tau: float, seed: int, steps: int = STEPS,
-                guidance: float = GUIDANCE) -> np.ndarray:
-    """``T x H x W x 3`` uint8 frames of ``prompt`` guided by ``guide``'s depth for the first ``tau`` of the steps."""
+                guidance: float = GUIDANCE, prompt_embeds_for_step=None) -> np.ndarray:
+    """``T x H x W x 3`` uint8 frames of ``prompt`` guided by ``guide``'s depth for the first ``tau`` of the steps
+    (``prompt_embeds_for_step``: a character's per-step hook, :func:`characters.per_step_embeddings`)."""
     from render.sampler import StructureGuidedSampler
     from structure.conditioning import controlnet_condition
 
@@ -62,7 +63,7 @@ def render_shot(components, guide: Guide, prompt: str, tau: float, seed: int, st
     with torch.no_grad():
         result = sampler(prompt, "", conditioning=controlnet_condition(guide.depth), num_frames=len(guide.depth),
                          height=height, width=width, steps=steps, guidance_scale=guidance, tau=tau, seed=seed,
-                         output_type="np")
+                         prompt_embeds_for_step=prompt_embeds_for_step, output_type="np")
     return np.asarray(result.frames)
 
 

@@ -33,6 +33,12 @@ COLOURS = {
     "purple": (160, 40, 220),
     "orange": (255, 140, 0),
 }
+# Colours no clip of a world has and no caption names: the looks of toy characters (toy_world.identity_checks),
+# which can only come from a trained character, never from the captions.
+CHARACTER_COLOURS = {
+    "pink": (255, 105, 180),
+}
+FIGURE_COLOURS = {**COLOURS, **CHARACTER_COLOURS}
 ACTIONS = ("walk", "run", "jump", "wave", "spin", "approach")
 GERUNDS = {"walk": "walking", "run": "running", "jump": "jumping", "wave": "waving", "spin": "spinning",
            "approach": "approaching"}
@@ -69,7 +75,7 @@ class ClipSpec:
     cut: ClipSpec | None = None
 
     def __post_init__(self):
-        for field, value, allowed in (("kind", self.kind, KINDS), ("colour", self.colour, tuple(COLOURS)),
+        for field, value, allowed in (("kind", self.kind, KINDS), ("colour", self.colour, tuple(FIGURE_COLOURS)),
                                       ("action", self.action, ACTIONS), ("background", self.background, BACKGROUNDS)):
             if value not in allowed:
                 raise ValueError(f"ClipSpec.{field}: {value!r} is not one of {', '.join(allowed)}")
@@ -359,7 +365,7 @@ def _draw_figure(spec: ClipSpec, pose: dict, t: float, size: int) -> np.ndarray:
 def _render_scene(spec: ClipSpec, frames: range, size: int, fps: int):
     layout = _layout(spec)
     background, background_depth = _background(spec, layout, size)
-    figure_colour = np.clip(np.array(COLOURS[spec.colour], dtype=np.float32) + layout.colour_jitter, 0, 255)
+    figure_colour = np.clip(np.array(FIGURE_COLOURS[spec.colour], dtype=np.float32) + layout.colour_jitter, 0, 255)
     shadow_rows, shadow_cols = np.mgrid[0:size, 0:size].astype(np.float32)
     rgb, depth, masks = [], [], []
     for index in frames:

@@ -22,7 +22,6 @@ held-out recall of :func:`clip_recall` when ``--heldout`` is given.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +34,8 @@ from retrieval.frame_preprocessing import square_crop
 from storyreel.models.toy_weights import TOY_WEIGHTS_DIR
 from storyreel.seeding import seeded
 from toy_world.scenes import ACTIONS, BACKGROUNDS, COLOURS, GERUNDS, KINDS, PLACES, ClipSpec, scene_attributes
-from toy_world.training_files import (
-    RunClock,
-    load_checkpoint,
-    save_checkpoint,
-    save_trained_weights,
-    trainer_command,
-)
+from toy_world.training_files import save_trained_weights, trainer_command
+from toy_world.training_loop import train_steps
 from toy_world.world_files import WorldClip, read_world, world_record
 
 DEFAULT_STEPS = 2400  # what the committed weights were trained for
@@ -241,8 +235,6 @@ def train_clip(world: Path, out: Path, steps: int, seed: int = 0, checkpoints: P
                max_clips: int | None = None) -> dict:
     """Train the toy CLIP on ``world`` for ``steps`` steps (resuming ``checkpoints``), save it to ``out``;
     returns the manifest entry (with the held-out recall when ``heldout`` is given)."""
-    from tqdm.auto import tqdm
-
     from retrieval.clip_models import ClipEmbedder, ModelSpec
 
     world, out = Path(world), Path(out)
@@ -258,33 +250,11 @@ def train_clip(world: Path, out: Path, steps: int, seed: int = 0, checkpoints: P
               "weight_decay": WEIGHT_DECAY, "warmup_steps": WARMUP_STEPS, "init_seed": TOY_INIT_SEED, "seed": seed,
               "steps": steps, "world": str(world.resolve()), "clips": len(clips), "frames": len(table.frames)}
     optimizer = torch.optim.AdamW(trainee.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / WARMUP_STEPS) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)))
-    step, losses, seconds = load_checkpoint(checkpoints, trainee, optimizer, recipe)
-    with warnings.catch_warnings():  # replaying the schedule of a resumed run, before any optimizer step
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-        for _ in range(step):
-            schedule.step()
-    clock = RunClock(seconds)
-    trainee.train()
-    with tqdm(total=steps, initial=step, desc="toy clip", disable=not progress) as bar:
-        while step < steps:
-            loss = contrastive_step_loss(model, tokenizer, table, seed, step, heads)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            losses.append(round(loss.item(), 5))
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-            if step % checkpoint_every == 0 or step == steps:
-                save_checkpoint(checkpoints, trainee, optimizer, step, losses, clock.seconds, recipe)
-    record = {"recipe": recipe, "world_made_with": world_record(world), "steps": step,
-              "train_seconds": round(clock.seconds, 1),
-              "threads": torch.get_num_threads(), "first_loss": losses[0] if losses else None,
-              "final_loss": float(np.mean(losses[-50:])) if losses else None, "loss_every_50": losses[::50]}
-    model.eval()
+    record = {"recipe": recipe, "world_made_with": world_record(world), "threads": torch.get_num_threads()}
+    record.update(train_steps(trainee, optimizer, lambda step: contrastive_step_loss(model, tokenizer, table, seed,
+                                                                                     step, heads),
+                              steps=steps, warmup_steps=WARMUP_STEPS, checkpoints=checkpoints, recipe=recipe,
+                              checkpoint_every=checkpoint_every, description="toy clip", progress=progress))
     if heldout is not None:
         record["heldout"] = {"path": str(Path(heldout).resolve()), "made_with": world_record(heldout)}
         embedder = ClipEmbedder(ModelSpec("toy-world-clip"), model, tokenizer, torch.device("cpu"))

@@ -20,7 +20,6 @@ held-out error of :func:`depth_metrics` when ``--heldout`` is given.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +29,8 @@ from storyreel.models.toy_weights import TOY_WEIGHTS_DIR
 from structure.depth_models import TINY_PROCESSOR as DEPTH_PROCESSOR
 from structure.depth_models import TOY_CONFIG as DEPTH_CONFIG
 from structure.depth_models import TOY_INIT_SEED, build_toy_model
-from toy_world.training_files import (
-    RunClock,
-    load_checkpoint,
-    save_checkpoint,
-    save_trained_weights,
-    trainer_command,
-)
+from toy_world.training_files import save_trained_weights, trainer_command
+from toy_world.training_loop import train_steps
 from toy_world.world_files import WorldClip, read_world, world_record
 
 DEFAULT_STEPS = 1000  # what the committed weights were trained for
@@ -138,8 +132,6 @@ def train_depth(world: Path, out: Path, steps: int, seed: int = 0, checkpoints: 
                 max_clips: int | None = None) -> dict:
     """Train the toy DPT on ``world`` for ``steps`` steps (resuming ``checkpoints``), save it to ``out``;
     returns the manifest entry (with the held-out AbsRel when ``heldout`` is given)."""
-    from tqdm.auto import tqdm
-
     from structure.depth_models import DepthEstimator
 
     world, out = Path(world), Path(out)
@@ -155,33 +147,11 @@ def train_depth(world: Path, out: Path, steps: int, seed: int = 0, checkpoints: 
               "init_seed": TOY_INIT_SEED, "seed": seed, "steps": steps, "world": str(world.resolve()),
               "clips": len(clips), "frames": len(frames)}
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / WARMUP_STEPS) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)))
-    step, losses, seconds = load_checkpoint(checkpoints, model, optimizer, recipe)
-    with warnings.catch_warnings():  # replaying the schedule of a resumed run, before any optimizer step
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-        for _ in range(step):
-            schedule.step()
-    clock = RunClock(seconds)
-    model.train()
-    with tqdm(total=steps, initial=step, desc="toy depth", disable=not progress) as bar:
-        while step < steps:
-            loss = depth_step_loss(model, processor, frames, truth, masks, seed, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            losses.append(round(loss.item(), 5))
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            if step % checkpoint_every == 0 or step == steps:
-                save_checkpoint(checkpoints, model, optimizer, step, losses, clock.seconds, recipe)
-    record = {"recipe": recipe, "world_made_with": world_record(world), "steps": step,
-              "train_seconds": round(clock.seconds, 1),
-              "threads": torch.get_num_threads(), "first_loss": losses[0] if losses else None,
-              "final_loss": float(np.mean(losses[-50:])) if losses else None, "loss_every_50": losses[::50]}
-    model.eval()
+    record = {"recipe": recipe, "world_made_with": world_record(world), "threads": torch.get_num_threads()}
+    record.update(train_steps(model, optimizer, lambda step: depth_step_loss(model, processor, frames, truth, masks,
+                                                                             seed, step),
+                              steps=steps, warmup_steps=WARMUP_STEPS, checkpoints=checkpoints, recipe=recipe,
+                              checkpoint_every=checkpoint_every, description="toy depth", progress=progress))
     if heldout is not None:
         record["heldout"] = {"path": str(Path(heldout).resolve()), "made_with": world_record(heldout)}
         estimator = DepthEstimator("toy-world-depth", model, processor, device="cpu", dtype=torch.float32,

@@ -6,8 +6,11 @@ tokenizer, ``UNet2DConditionModel``, ``MotionAdapter`` (merged into a ``UNetMoti
 ``ControlNetModel``. They are trained in the order the real ones were, except that the ControlNet learns with
 the image model instead of after it:
 
-1. ``vae``: reconstruction of single frames (L1 + a small KL term); its ``scaling_factor`` is set afterwards
-   so that scaled latents have unit standard deviation, as SD1.5's 0.18215 does for its VAE;
+1. ``vae``: reconstruction of single frames from the posterior's mean (L1 + L2, figure pixels weighted
+   ``FIGURE_WEIGHT`` times: the figure is a few percent of a frame, and unweighted it came back as a grey
+   smudge; + a small KL term), half the figures recoloured at random (:func:`recoloured_figures`) so that the
+   latent space holds colours beyond the world's five; its ``scaling_factor`` is set afterwards so that scaled
+   latents have unit standard deviation, as SD1.5's 0.18215 does for its VAE;
 2. ``image``: the UNet, the text encoder and the depth ControlNet (``ControlNetModel.from_unet``) together,
    epsilon prediction on single frames and their scene captions (10% of captions dropped to "", for
    classifier-free guidance) with the render's noise schedule
@@ -43,11 +46,11 @@ from storyreel.models import architectures
 from storyreel.models.schedulers import RENDER_SCHEDULER_CONFIG
 from storyreel.models.toy_weights import MANIFEST_FILE, RENDER_FOLDER, TOY_WEIGHTS_DIR
 from toy_world.scenes import FPS, scene_caption
-from toy_world.training_files import RunClock, load_checkpoint, save_checkpoint
+from toy_world.training_loop import train_steps
 from toy_world.world_files import WorldClip, read_world, world_record
 
 STAGES = ("vae", "image", "motion")
-DEFAULT_STEPS = {"vae": 300, "image": 3500, "motion": 600}  # what the committed weights were trained for
+DEFAULT_STEPS = {"vae": 1000, "image": 3500, "motion": 600}  # what the committed weights were trained for
 BATCH = {"vae": 16, "image": 16, "motion": 4}  # motion: clips of WINDOW frames
 LEARNING_RATE = {"vae": 1e-3, "image": 5e-4, "motion": 5e-4}
 DEPTH_DROP = 0.5  # the share of image-stage samples trained without depth (ControlNet residuals off)
@@ -55,6 +58,8 @@ WINDOW = 8
 WARMUP_STEPS = 100
 CAPTION_DROP = {"image": 0.1, "motion": 0.1}
 KL_WEIGHT = 1e-6
+FIGURE_WEIGHT = 8.0  # figure pixels count this much more than background ones in the VAE loss
+RECOLOUR_SHARE = 0.5  # the share of VAE samples whose figure is recoloured at random
 INIT_SEED = 0
 
 
@@ -67,13 +72,14 @@ class FrameData:
     frames: torch.Tensor  # N x 3 x H x W in [-1, 1]
     captions: list[str]
     depth: torch.Tensor  # N x H x W in [0, 1], near = 1
+    figure: torch.Tensor  # N x H x W bool, the figure's pixels
     windows: list[int]  # first frame of each cut-free WINDOW-frame window
 
     @classmethod
     def from_clips(cls, clips: list[WorldClip]) -> FrameData:
         from structure.depth_sequence import depth_from_raw
 
-        frames, captions, depth, windows = [], [], [], []
+        frames, captions, depth, figure, windows = [], [], [], [], []
         offset = 0
         for clip in clips:
             count = len(clip.frames)
@@ -83,10 +89,12 @@ class FrameData:
                 frames.append(clip.frames[start:end])
                 captions += [scene_caption(spec)] * (end - start)
                 depth.append(depth_from_raw(clip.inverse_depth[start:end], fps=FPS).depth)
+                figure.append(clip.mask[start:end])
                 windows += [offset + start + i for i in range(0, end - start - WINDOW + 1)]
             offset += count
         pixels = torch.from_numpy(np.concatenate(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return cls(pixels, captions, torch.from_numpy(np.concatenate(depth)).float(), windows)
+        return cls(pixels, captions, torch.from_numpy(np.concatenate(depth)).float(),
+                   torch.from_numpy(np.concatenate(figure)), windows)
 
 
 def _captions(captions: list[str], rng: np.random.Generator, drop: float) -> list[str]:
@@ -158,33 +166,29 @@ def _train(stage: str, module: torch.nn.Module, parameters, step_loss, steps: in
            recipe: dict) -> dict:
     """Run ``step_loss(step, generator)`` for ``steps`` steps (resuming the stage's checkpoint); returns losses and
     seconds."""
-    from tqdm.auto import tqdm
-
     optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE[stage], weight_decay=0.0)
-    folder = run.checkpoints / stage
-    step, losses, seconds = load_checkpoint(folder, module, optimizer, recipe)
-    clock = RunClock(seconds)
-    module.train()
-    with tqdm(total=steps, initial=step, desc=f"toy render: {stage}", disable=not run.progress) as bar:
-        while step < steps:
-            generator = torch.Generator().manual_seed(run.seed * 1_000_003 + STAGES.index(stage) * 100_003 + step)
-            rate = LEARNING_RATE[stage] * min(1.0, (step + 1) / WARMUP_STEPS) * 0.5 * (1 + np.cos(np.pi * step / steps))
-            for group in optimizer.param_groups:  # cosine decay after a short warm-up
-                group["lr"] = rate
-            loss = step_loss(step, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            step += 1
-            losses.append(round(loss.item(), 5))
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            if step % run.checkpoint_every == 0 or step == steps:
-                save_checkpoint(folder, module, optimizer, step, losses, clock.seconds, recipe)
-    module.eval()
-    return {"steps": step, "train_seconds": round(clock.seconds, 1), "first_loss": losses[0] if losses else None,
-            "final_loss": float(np.mean(losses[-50:])) if losses else None, "loss_every_50": losses[::50]}
+
+    def seeded_step_loss(step: int) -> torch.Tensor:
+        return step_loss(step, torch.Generator().manual_seed(run.seed * 1_000_003 + STAGES.index(stage) * 100_003
+                                                              + step))
+
+    return train_steps(module, optimizer, seeded_step_loss, steps=steps, warmup_steps=WARMUP_STEPS,
+                       checkpoints=run.checkpoints / stage, recipe=recipe, checkpoint_every=run.checkpoint_every,
+                       description=f"toy render: {stage}", progress=run.progress, clip_grad_norm=1.0)
+
+
+def recoloured_figures(pixels: torch.Tensor, figure: torch.Tensor, generator: torch.Generator,
+                       share: float = RECOLOUR_SHARE) -> torch.Tensor:
+    """``pixels`` (B x 3 x H x W in [-1, 1]) with the figure (``figure``: B x 1 x H x W bool) of a ``share`` of the
+    samples moved to a random colour, its shading kept (the figure's mean colour is replaced, the differences
+    from it stay): the VAE then represents colours the world never shows, which a character's look may have."""
+    batch = pixels.shape[0]
+    chosen = (torch.rand(batch, generator=generator) < share).view(-1, 1, 1, 1)
+    colours = torch.rand(batch, 3, 1, 1, generator=generator) * 2 - 1
+    area = figure.sum(dim=(2, 3), keepdim=True).clamp(min=1)
+    means = (pixels * figure).sum(dim=(2, 3), keepdim=True) / area
+    recoloured = (pixels - means + colours).clamp(-1, 1)
+    return torch.where(figure & chosen, recoloured, pixels)
 
 
 def train_vae(components: dict, data: FrameData, steps: int, run: StageRun, recipe: dict) -> dict:
@@ -192,11 +196,12 @@ def train_vae(components: dict, data: FrameData, steps: int, run: StageRun, reci
 
     def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
         index = torch.randint(0, len(data.frames), (BATCH["vae"],), generator=generator)
-        pixels = data.frames[index]
+        figure = data.figure[index, None]
+        pixels = recoloured_figures(data.frames[index], figure, generator)
+        weight = 1.0 + FIGURE_WEIGHT * figure.float()
         posterior = vae.encode(pixels).latent_dist
-        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
-        decoded = vae.decode(latents).sample
-        return F.l1_loss(decoded, pixels) + F.mse_loss(decoded, pixels) + KL_WEIGHT * posterior.kl().mean()
+        error = vae.decode(posterior.mean).sample - pixels
+        return ((error.abs() + error.square()) * weight).mean() / weight.mean() + KL_WEIGHT * posterior.kl().mean()
 
     record = _train("vae", vae, list(vae.parameters()), step_loss, steps, run, recipe)
     probe = data.frames[::max(1, len(data.frames) // 512)][:512]
@@ -323,7 +328,9 @@ def train_render_model(world: Path, out: Path = TOY_WEIGHTS_DIR, steps: dict | N
     latents = None
     for stage in STAGES:
         recipe = {**base_recipe, "stage": stage, "steps": steps[stage], "batch": BATCH[stage],
-                  "learning_rate": LEARNING_RATE[stage], "caption_drop": CAPTION_DROP.get(stage)}
+                  "learning_rate": LEARNING_RATE[stage], "caption_drop": CAPTION_DROP.get(stage),
+                  **({"figure_weight": FIGURE_WEIGHT, "recolour_share": RECOLOUR_SHARE, "kl_weight": KL_WEIGHT}
+                     if stage == "vae" else {})}
         if stage == "vae":
             record = train_vae(components, data, steps[stage], run, recipe)
         else:

@@ -23,6 +23,7 @@ from storyreel.atomic_files import atomic_path, write_json
 from storyreel.errors import StoryreelError
 from storyreel.hashing import file_sha256
 from storyreel.models.toy_weights import MANIFEST_FILE
+from storyreel.optimizer_state import optimizer_state, optimizer_tensors
 
 CHECKPOINT_FILE = "checkpoint.json"
 
@@ -51,19 +52,13 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
     folder = Path(folder)
     name = f"checkpoint-{step:07d}.safetensors"
     tensors = {f"model.{key}": value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    state = optimizer.state_dict()
-    scalars = {}
-    for index, entries in state["state"].items():
-        for key, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{key}"] = value
+    optimizer_part, scalars, param_groups = optimizer_tensors(optimizer)
+    tensors.update(optimizer_part)
     with atomic_path(folder / name) as tmp:
         save_file(tensors, str(tmp))
     write_json(folder / CHECKPOINT_FILE, {
         "step": step, "losses": losses, "seconds": seconds, "recipe": recipe, "tensors": name,
-        "sha256": file_sha256(folder / name), "param_groups": state["param_groups"], "optimizer_scalars": scalars,
+        "sha256": file_sha256(folder / name), "param_groups": param_groups, "optimizer_scalars": scalars,
     })
     for old in folder.glob("checkpoint-*.safetensors"):
         if old.name != name:
@@ -95,15 +90,7 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{tensors_path}: not readable ({exc})") from None
     model.load_state_dict({key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")})
-    state: dict = {"state": {}, "param_groups": record["param_groups"]}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state["state"].setdefault(int(index), {})[name] = value
-    for key, value in record["optimizer_scalars"].items():
-        index, name = key.split(".", 1)
-        state["state"].setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict(state)
+    optimizer.load_state_dict(optimizer_state(tensors, record["optimizer_scalars"], record["param_groups"]))
     return int(record["step"]), list(record["losses"]), float(record["seconds"])
 
 
