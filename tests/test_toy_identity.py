@@ -79,3 +79,17 @@ def test_make_toy_world_trains_the_character_with_train_character(tmp_path):
     assert len(list((tmp_path / "work" / "character" / "images").glob("*.png"))) == 5
     assert (tmp_path / "work" / "checkpoints" / "character" / CHECKPOINT_FILE).is_file()
     assert not (character.table == character.table[0]).all()  # the rows were trained away from the class word
+
+
+def test_a_toy_world_trained_elsewhere_trains_its_character_on_its_own_render_model(tmp_path):
+    import shutil
+
+    from storyreel.models.toy_weights import RENDER_FOLDER, TOY_WEIGHTS_DIR
+    from toy_world.toy_character import train_toy_character
+
+    out = tmp_path / "out"
+    shutil.copytree(TOY_WEIGHTS_DIR / RENDER_FOLDER, out / RENDER_FOLDER)
+    train_toy_character(tmp_path / "work", out, progress=False, steps=1)
+    config = (tmp_path / "work" / "character" / "models.toml").read_text()
+    assert 'preset = "toy"' in config and str((out / RENDER_FOLDER / "unet").resolve().as_posix()) in config
+    assert load_character(out / CHARACTER_FILE).training["steps_done"] == 1

@@ -87,10 +87,10 @@ def character_guides(clips, shots: int, depth_of=None) -> list[Guide]:
 def load_character_set(components, character):
     """``components`` with ``character`` (a :class:`characters.Character` or the path of its file) registered:
     its token, and its LoRA at scale 1."""
-    from characters import CharacterSet, load_character
+    from characters import Character, CharacterSet, load_character
     from storyreel.models.loading import base_model_record
 
-    if not hasattr(character, "table"):
+    if not isinstance(character, Character):
         character = load_character(character)
     character_set = CharacterSet(components, base_model=base_model_record(components))
     character_set.add(character, name=NAME, token=TOKEN)

@@ -39,8 +39,9 @@ def train_toy_character(work: Path, out: Path = TOY_WEIGHTS_DIR, progress: bool 
     recipe = list(TRAINING_ARGUMENTS)
     if steps is not None:
         recipe[recipe.index("--steps") + 1] = str(steps)
-    arguments = [*recipe, "--models", "toy", "--images", str(images), "--out", str(target),
-                 "--checkpoint-dir", str(checkpoints), "--device", "cpu", *(() if progress else ("--quiet",))]
+    arguments = [*recipe, "--models", "toy", *_render_model_options(work, out), "--images", str(images),
+                 "--out", str(target), "--checkpoint-dir", str(checkpoints), "--device", "cpu",
+                 *(() if progress else ("--quiet",))]
     if (checkpoints / CHECKPOINT_FILE).is_file():
         arguments.append("--resume")
     started = time.perf_counter()
@@ -55,3 +56,19 @@ def train_toy_character(work: Path, out: Path = TOY_WEIGHTS_DIR, progress: bool 
     manifest[f"character.{NAME}"] = record
     write_json(manifest_path, manifest)
     return record
+
+
+def _render_model_options(work: Path, out: Path) -> list[str]:
+    """``--model-config`` pointing the toy preset at ``out``'s render folders when ``out`` has its own
+    (``python -m toy_world --out DIR``): the character is trained on the render model trained beside it."""
+    from storyreel.atomic_files import write_text
+    from storyreel.models.toy_weights import RENDER_FOLDER
+
+    if out.resolve() == Path(TOY_WEIGHTS_DIR).resolve() or not (out / RENDER_FOLDER).is_dir():
+        return []
+    config = work / "character" / "models.toml"
+    folders = {name: (out / RENDER_FOLDER / name).resolve()
+               for name in ("vae", "text_encoder", "unet", "motion_adapter", "controlnet")}
+    write_text(config, 'preset = "toy"\n\n[components]\n'
+               + "".join(f'{name} = "{folder.as_posix()}"\n' for name, folder in folders.items()))
+    return ["--model-config", str(config)]
