@@ -30,6 +30,7 @@ NAME = "zuri"
 TOKEN = "<zuri>"
 KIND = "hare"
 COLOUR = "pink"
+SUBJECTS = (f"{TOKEN} {KIND}", KIND)  # the caption's subject: the token before its class word, the class word alone
 REFERENCE_COUNT = 5
 REFERENCE_SEED = 4_000_001  # odd and far from any world's clip seeds
 # train-character's arguments for the toy character (beyond --images, --out, --models toy)
@@ -110,22 +111,29 @@ def kind_judge(embedder):
     return judge
 
 
+def render_subject(components, character_set, encode, guide: Guide, subject: str, seed: int, **render) -> np.ndarray:
+    """The frames of the guide's caption with ``subject`` (τ = 1), the character's TimeInv rows per step when the
+    subject holds its token."""
+    from characters import per_step_embeddings
+
+    prompt = identity_caption(guide.spec, subject)
+    hook = per_step_embeddings(character_set, encode, prompt, "") if TOKEN in subject else None
+    return render_shot(components, guide, prompt, 1.0, seed, prompt_embeds_for_step=hook, **render)
+
+
 def identity_figures(components, character_set, guides: list[Guide], seed: int = 0, judge_kind=None,
                      **render) -> dict:
     """The share of rendered frames whose figure is the character's colour, with its token in the caption and
     with the class word alone; the figure IoU with the guide's hare (the shape kept); and, with ``judge_kind``,
     the share of frames judged to be the character's kind."""
-    from characters import per_step_embeddings
     from render.sampler import StructureGuidedSampler
 
     encode = StructureGuidedSampler(components).encode_prompt
     figures = {}
-    for subject, label in ((f"{TOKEN} {KIND}", "token"), (KIND, "class_word")):
+    for subject, label in zip(SUBJECTS, ("token", "class_word")):
         colours, kinds, overlaps = [], [], []
         for index, guide in enumerate(guides):
-            prompt = identity_caption(guide.spec, subject)
-            hook = per_step_embeddings(character_set, encode, prompt, "") if TOKEN in subject else None
-            frames = render_shot(components, guide, prompt, 1.0, seed + index, prompt_embeds_for_step=hook, **render)
+            frames = render_subject(components, character_set, encode, guide, subject, seed + index, **render)
             colours += [figure_colour(frame[None], guide.spec.background) == COLOUR for frame in frames]
             overlaps.append(mask_iou(figure_mask(frames, guide.spec.background), guide.mask))
             if judge_kind is not None:
@@ -144,7 +152,6 @@ def identity_sheet(components, character_set, clips, guides: list[Guide], path, 
     render with the class word alone (τ = 1, the seeds :func:`identity_figures` uses)."""
     from PIL import Image
 
-    from characters import per_step_embeddings
     from render.sampler import StructureGuidedSampler
     from storyreel.atomic_files import atomic_path
 
@@ -156,10 +163,8 @@ def identity_sheet(components, character_set, clips, guides: list[Guide], path, 
     for index, (clip, guide) in enumerate(zip(clips, guides)):
         picks = np.linspace(0, len(guide.depth) - 1, frames_shown).round().astype(int)
         rows.append(np.concatenate(list(clip.frames[: len(guide.depth)][picks]), axis=1))
-        for subject in (f"{TOKEN} {KIND}", KIND):
-            prompt = identity_caption(guide.spec, subject)
-            hook = per_step_embeddings(character_set, encode, prompt, "") if TOKEN in subject else None
-            frames = render_shot(components, guide, prompt, 1.0, seed + index, prompt_embeds_for_step=hook)
+        for subject in SUBJECTS:
+            frames = render_subject(components, character_set, encode, guide, subject, seed + index)
             rows.append(np.concatenate(list(frames[picks]), axis=1))
     sheet = Image.fromarray(np.concatenate(rows, axis=0))
     sheet = sheet.resize((sheet.width * 2, sheet.height * 2), Image.Resampling.NEAREST)

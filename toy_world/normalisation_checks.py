@@ -47,34 +47,35 @@ def normalisation_figures(depth: np.ndarray, mask: np.ndarray) -> dict[str, floa
             "figure_separation": float(np.mean(separation))}
 
 
-def compare_normalisations(clips: list[WorldClip], depth_of=None) -> dict:
-    """The figures of both normalisations, averaged over ``clips`` (their first scene); ``depth_of(frames)``
-    gives raw inverse depth (default: the ground truth)."""
+def normalised_depths(clip: WorldClip, depth_of=None) -> dict[str, np.ndarray]:
+    """The depth of ``clip``'s first scene normalised each way (:data:`RANGES`); ``depth_of(frames)`` gives raw
+    inverse depth (default: the ground truth)."""
     from structure.depth_sequence import depth_from_raw
 
+    end = _scene_frames(clip)
+    raw = clip.inverse_depth[:end] if depth_of is None else depth_of(clip.frames[:end])
+    raw = np.asarray(raw, dtype=np.float32)
+    return {name: depth_from_raw(raw, fps=FPS, depth_range=name).depth for name in RANGES}
+
+
+def compare_normalisations(clips: list[WorldClip], depth_of=None) -> dict:
+    """The figures of both normalisations, averaged over ``clips`` (their first scene); ``depth_of`` as in
+    :func:`normalised_depths`."""
     per_range = {name: [] for name in RANGES}
     for clip in clips:
-        end = _scene_frames(clip)
-        raw = clip.inverse_depth[:end] if depth_of is None else np.asarray(depth_of(clip.frames[:end]))
-        for name in RANGES:
-            normalised = depth_from_raw(np.asarray(raw, dtype=np.float32), fps=FPS, depth_range=name).depth
-            per_range[name].append(normalisation_figures(normalised, clip.mask[:end]))
+        for name, depth in normalised_depths(clip, depth_of).items():
+            per_range[name].append(normalisation_figures(depth, clip.mask[: len(depth)]))
     figures = {name: {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
                for name, rows in per_range.items() if rows}
     figures["clips"] = len(clips)
     return figures
 
 
-def background_levels(clip: WorldClip, depth_of=None) -> dict[str, np.ndarray]:
-    """The mean normalised depth, in each frame, of the pixels the figure never covers, for each normalisation
-    (what the chart draws)."""
-    from structure.depth_sequence import depth_from_raw
-
-    end = _scene_frames(clip)
-    raw = clip.inverse_depth[:end] if depth_of is None else np.asarray(depth_of(clip.frames[:end]))
-    still = ~clip.mask[:end].any(axis=0)  # pixels the figure never covers
-    return {name: depth_from_raw(np.asarray(raw, dtype=np.float32), fps=FPS, depth_range=name).depth[:, still]
-            .mean(axis=1) for name in RANGES}
+def background_levels(clip: WorldClip, depths: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The mean of ``depths`` (:func:`normalised_depths` of ``clip``), in each frame, over the pixels the figure
+    never covers (what the chart draws)."""
+    still = ~clip.mask[: _scene_frames(clip)].any(axis=0)
+    return {name: depth[:, still].mean(axis=1) for name, depth in depths.items()}
 
 
 def normalisation_chart(clip: WorldClip, path, depth_of=None) -> None:
@@ -86,28 +87,27 @@ def normalisation_chart(clip: WorldClip, path, depth_of=None) -> None:
     import matplotlib.pyplot as plt
 
     from storyreel.atomic_files import atomic_path
-    from structure.depth_sequence import depth_from_raw
 
     end = _scene_frames(clip)
-    raw = clip.inverse_depth[:end] if depth_of is None else np.asarray(depth_of(clip.frames[:end]))
+    truth = normalised_depths(clip)
+    shown = truth if depth_of is None else normalised_depths(clip, depth_of)
     figure = plt.figure(figsize=(9, 4.2))
     grid = figure.add_gridspec(2, 4, width_ratios=(1, 1, 1, 2.4))
     for row, frame in enumerate((0, end - 1)):
         panels = [("footage", clip.frames[frame], None)]
-        for name in RANGES:
-            depth = depth_from_raw(np.asarray(raw, dtype=np.float32), fps=FPS, depth_range=name).depth
-            panels.append((f"depth: {name}", depth[frame], "gray"))
+        panels += [(f"depth: {name}", shown[name][frame], "gray") for name in RANGES]
         for column, (title, image, cmap) in enumerate(panels):
             axis = figure.add_subplot(grid[row, column])
             axis.imshow(image, cmap=cmap, vmin=0, vmax=1 if cmap else None)
             axis.set_xticks([]), axis.set_yticks([])
             axis.set_title(f"{title}, frame {frame}", fontsize=7)
     axis = figure.add_subplot(grid[:, 3])
-    sources = [("ground truth", None, "--")] + ([("toy DPT", depth_of, "-")] if depth_of is not None else [])
-    for label, source, style in sources:
+    sources = [("ground truth", truth, "--")] + ([("toy DPT", shown, "-")] if depth_of is not None else [])
+    for label, depths, style in sources:
+        levels = background_levels(clip, depths)
         for name, colour in zip(RANGES, ("tab:blue", "tab:red")):
-            levels = background_levels(clip, source)[name]
-            axis.plot(np.arange(len(levels)) / FPS, levels, style, color=colour, label=f"{label}, {name} range")
+            axis.plot(np.arange(len(levels[name])) / FPS, levels[name], style, color=colour,
+                      label=f"{label}, {name} range")
     axis.set_xlabel("seconds")
     axis.set_ylabel("mean depth of the still background")
     axis.set_title("a figure approaching the camera", fontsize=9)
