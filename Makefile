@@ -41,17 +41,24 @@ demo: install
 	$(BIN)/fetch-models tiny --out $(DEMO)/models --quiet
 	$(BIN)/render-story $(DEMO)/fox/story.json --index $(DEMO)/index --out $(DEMO)/fox/render \
 	  --model-config $(DEMO)/models/models.toml
-	$(BIN)/python data/make_toy_world.py --out $(DEMO)/toy-world --seed 1 --clips 48 --split heldout --quiet
+	$(BIN)/python data/make_toy_world.py --out $(DEMO)/toy-world --seed 1 --clips 48 --split heldout --quiet \
+	  --character-references $(DEMO)/zuri-references
 	$(BIN)/build-index --manifest $(DEMO)/toy-world/captions.jsonl --out $(DEMO)/toy-index --models toy --workers 2
 	$(BIN)/search-clips $(DEMO)/toy-index "a figure jumping" -k 5 --per-clip 1 --contact-sheet $(DEMO)/toy-top.png
 	$(BIN)/render-story data/examples/toy-fable.json --index $(DEMO)/toy-index --out $(DEMO)/toy-story --models toy
+	$(BIN)/evaluate-story $(DEMO)/toy-story --references zuri=$(DEMO)/zuri-references --quiet
+	$(BIN)/render-story data/examples/toy-fable.json --index $(DEMO)/toy-index --out $(DEMO)/toy-tau --models toy \
+	  --sweep tau=0,0.5,1.0 --no-progress
+	$(BIN)/evaluate-story $(DEMO)/toy-tau/sweep/* --references zuri=$(DEMO)/zuri-references --quiet
 	@echo "demo outputs are in $(DEMO)/: index/, top.png (search), depth.npz, depth.gif, depth.png (structure),"
 	@echo "  characters/hare.safetensors (a tiny TimeInv + LoRA character trained on data/reference_images/hare),"
 	@echo "  story/ (story.mp4, storyboard.png, report.json, shots/*.mp4|gif: the example storyboard with the hare),"
 	@echo "  fox/ (story.json + story.plan.json planned from a passage by the rules planner, render/ its video,"
 	@echo "  rendered offline from models/: the tiny preset's components as fetch-models writes them),"
 	@echo "  toy-world/, toy-index/, toy-top.png, toy-story/ (the toy world searched and rendered with --models toy:"
-	@echo "  models trained here on CPU, the hare the toy character zuri; see docs/TOY_WORLD.md)"
+	@echo "  models trained here on CPU, the hare the toy character zuri; see docs/TOY_WORLD.md), toy-story/eval/"
+	@echo "  (evaluate-story: metrics.json and report.html), toy-tau/sweep/tau=*/ (the toy fable at three tau values;"
+	@echo "  toy-tau/sweep/tau=0/eval/report.html charts every metric against tau; see docs/EVALUATION.md)"
 
 # Draw the toy world and train every toy model on it, then the toy character (under an hour on 2 CPU cores; rerun
 # to resume after an interruption). Writes storyreel/models/toy_weights/ (committed) and keeps the world and checkpoints in toy-world/.

@@ -29,8 +29,11 @@ def _even_size(ctx, param, value):
 @click.option("--size", type=IntRange(min=32, max=256), default=64, show_default=True, callback=_even_size,
               help="Frame width and height in pixels (even).")
 @click.option("--fps", type=IntRange(min=1, max=60), default=FPS, show_default=True, help="Frames per second.")
+@click.option("--character-references", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also write the toy character zuri's reference images (the pink hare) into this folder, for "
+                   "train-character --images or evaluate-story --references zuri=FOLDER.")
 @quiet_option("No progress lines.")
-def main(out, seed, clips, split, size, fps, quiet):
+def main(out, seed, clips, split, size, fps, character_references, quiet):
     """Draw toy clips with known depth and captions into the folder --out."""
 
     def progress(done, total, name):
@@ -40,6 +43,11 @@ def main(out, seed, clips, split, size, fps, quiet):
     rows = write_world(out, seed=seed, clips=clips, split=split, size=size, fps=fps, progress=progress)
     cuts = sum(row["cut_s"] is not None for row in rows)
     click.echo(f"wrote {len(rows)} clips ({cuts} with a hard cut) to {out}; manifest {out / 'captions.jsonl'}")
+    if character_references is not None:
+        from toy_world.identity_checks import write_reference_images
+
+        written = write_reference_images(character_references)
+        click.echo(f"wrote {len(written)} reference images of zuri to {character_references}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from storyreel.command_line import command, fail, quiet_option
+from storyreel.command_line import command, named_paths, quiet_option
 from storyreel.models.model_options import model_options, model_specification
 
 
@@ -44,10 +44,15 @@ from storyreel.models.model_options import model_options, model_specification
 @click.option("--allow-other-base", is_flag=True,
               help="Render characters trained on other base weights than the loaded ones (refused otherwise); "
                    "report.json records which.")
+@click.option("--sweep", "sweep_text", default=None, metavar="NAME=V1,V2,...",
+              help="Render the story once per value of a storyboard default (tau, guidance, steps, seed, eta), into "
+                   "OUT/sweep/NAME=VALUE/, retrieving footage and computing depth once; compare the variants with "
+                   "`evaluate-story OUT/sweep/*`.")
 @quiet_option("No progress bars.", no_progress_alias=True)
 @click.option("--schema", is_flag=True, help="Print the storyboard JSON Schema and exit.")
 def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload, characters, planner,
-         llm_base_url, llm_model, llm_model_path, deterministic, allow_other_base, quiet, schema, **model_flags):
+         llm_base_url, llm_model, llm_model_path, deterministic, allow_other_base, sweep_text, quiet, schema,
+         **model_flags):
     """Render STORYBOARD (a storyboard JSON file) shot by shot; rerunning skips unchanged shots."""
     if schema:
         from storyboard import storyboard_json_schema
@@ -59,12 +64,7 @@ def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload
     if out is None:
         raise click.UsageError("give --out OUT, the output folder")
 
-    character_files = {}
-    for item in characters:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            fail(f"--character {item}: expected NAME=FILE, e.g. hare=characters/hare.safetensors")
-        character_files[name] = Path(path)
+    character_files = named_paths("--character", characters, "NAME=FILE", "hare=characters/hare.safetensors")
 
     from render.story import StoryOptions, prepare_story, render_story
     from storyreel.errors import StoryreelError
@@ -76,6 +76,9 @@ def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload
                            planner_options={k: v for k, v in (("base_url", llm_base_url), ("model", llm_model),
                                                               ("model_path", llm_model_path)) if v is not None},
                            deterministic=deterministic, allow_other_base=allow_other_base)
+    if sweep_text is not None:
+        _sweep(options, sweep_text)
+        return
     plan = prepare_story(options)  # StoryInputError: "error: ..." (exit 2), nothing loaded or written
     try:
         report = render_story(plan, echo=click.echo)
@@ -86,6 +89,26 @@ def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload
         sys.exit(1)
     click.echo(f"rendered {len(report['rendered'])}, skipped {len(report['skipped'])} "
                f"(unchanged) in {report['seconds']:.1f} s; outputs in {out}/")
+
+
+def _sweep(options, sweep_text: str) -> None:
+    """--sweep: every variant checked, then rendered in turn."""
+    from render.story import prepare_sweep, render_sweep
+    from storyboard.sweep import SettingSweep
+    from storyreel.errors import StoryreelError
+
+    sweep = SettingSweep.parse(sweep_text)  # OptionError: "error: --sweep: ..." (exit 2)
+    plans = prepare_sweep(options, sweep)  # StoryInputError: "error: ..." (exit 2), nothing loaded or written
+    try:
+        reports = render_sweep(plans, echo=click.echo)
+    except StoryreelError:
+        raise
+    except (RuntimeError, ValueError, OSError) as exc:  # a shot that cannot be made; finished shots are kept
+        click.echo(f"error: {exc} (finished shots are kept; rerun to resume)", err=True)
+        sys.exit(1)
+    for plan, report in zip(plans, reports):
+        click.echo(f"{plan.out.name}: rendered {len(report['rendered'])}, skipped {len(report['skipped'])}")
+    click.echo(f"outputs in {options.out}/sweep/; compare them with: evaluate-story {options.out}/sweep/*")
 
 
 if __name__ == "__main__":

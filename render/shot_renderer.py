@@ -52,6 +52,7 @@ class RenderSettings:
     characters: tuple[tuple[str, str, str], ...] = ()  # (name, character file, token), loaded once
     deterministic: bool = False  # bit-identical frames run after run (see deterministic_torch)
     allow_other_base: bool = False  # render characters trained on other base weights (with a warning)
+    depth_cache: Path | None = None  # the raw depth cache, shared by a sweep's variants (default: out/cache/depth)
 
 
 @dataclass
@@ -94,11 +95,12 @@ class ShotRenderer:
         return self._components, self._depth
 
     def depth_cache_folder(self) -> Path:
-        """``out/cache/depth``; under ``deterministic``, ``out/cache/depth-deterministic/<device type>``: depth
-        computed with other thread counts or on another device is never mixed into a deterministic render."""
+        """``out/cache/depth`` (or the shared ``depth_cache``); under ``deterministic``,
+        ``out/cache/depth-deterministic/<device type>``: depth computed with other thread counts or on another
+        device is never mixed into a deterministic render."""
         cache = self.settings.out / "cache"
         if not self.settings.deterministic:
-            return cache / "depth"
+            return Path(self.settings.depth_cache) if self.settings.depth_cache is not None else cache / "depth"
         return cache / "depth-deterministic" / self._components.device.type
 
     def render(self, shot, segment: Segment, settings_hash: str) -> ShotSidecar:
@@ -134,7 +136,8 @@ class ShotRenderer:
             prompt_weighting="compel", characters=prompts.characters, seed=shot.seed, tau=shot.tau, steps=shot.steps,
             guidance=shot.guidance, scheduler=shot.scheduler, frames=shot.frames, fps=shot.fps, width=shot.width,
             height=shot.height, controlnet_calls=controlnet_calls,
-            depth=DepthRecord(model=self.settings.depth_model, source=depth.source, settings=depth.settings),
+            depth=DepthRecord(model=self.settings.depth_model, source=depth.source, settings=depth.settings,
+                              cache=str(self.depth_cache_folder().resolve())),
             models=components.record(), settings=shot.to_dict(),
             timings_s={k: round(v, 3) for k, v in timings.items()},
             worker=WorkerRecord(host=socket.gethostname(), pid=os.getpid(), device=str(components.device)),

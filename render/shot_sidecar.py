@@ -96,11 +96,13 @@ class CharacterUse:
 
 @dataclass(frozen=True)
 class DepthRecord:
-    """The depth the shot was guided by: the depth model, and the sequence's own source and settings."""
+    """The depth the shot was guided by: the depth model, the sequence's own source and settings, and the raw depth
+    cache it is kept in (None in sidecars from before it was recorded: ``out/cache/depth``)."""
 
     model: str
     source: dict
     settings: dict
+    cache: str | None = None
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from render.shot_renderer import (
@@ -138,6 +138,9 @@ class StoryOptions:
     planner_options: dict = field(default_factory=dict)  # storyboard.planner.make_planner's keyword arguments
     deterministic: bool = False    # bit-identical frames, resumed or not (see the module docstring)
     allow_other_base: bool = False  # render characters trained on other base weights (recorded in report.json)
+    setting: tuple[str, object] | None = None  # a sweep's variant: (storyboard default, value) for every shot
+    footage: dict[str, Segment] | None = None  # shot id → footage chosen before (a sweep's first variant)
+    depth_cache: Path | None = None  # raw depth cache shared with other renders (default: out/cache/depth)
 
 
 @dataclass
@@ -166,7 +169,8 @@ class StoryPlan:
         """What the shot renderers need of this plan."""
         o = self.options
         return RenderSettings(self.models, self.depth_model, o.device, o.cpu_offload, self.out, o.progress,
-                              self.characters, deterministic=o.deterministic, allow_other_base=o.allow_other_base)
+                              self.characters, deterministic=o.deterministic, allow_other_base=o.allow_other_base,
+                              depth_cache=o.depth_cache)
 
 
 # -- preparing ----------------------------------------------------------------------------------------------
@@ -195,6 +199,10 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
         raise StoryInputError(f"--crossfade must be 0 or more seconds, got {options.crossfade!r}")
     try:
         story = load_storyboard(options.storyboard)
+        if options.setting is not None:
+            from storyboard.sweep import swept_storyboard
+
+            story = swept_storyboard(story, *options.setting)
     except StoryboardError as exc:
         raise StoryInputError(str(exc)) from None
     _apply_character_files(story, options)
@@ -394,6 +402,32 @@ def render_story(plan: StoryPlan, echo: Callable[[str], None] = print) -> dict:
             raise
 
 
+def prepare_sweep(options: StoryOptions, sweep) -> list[StoryPlan]:
+    """The plan of each variant of ``sweep`` (a :class:`storyboard.sweep.SettingSweep`), every one checked before
+    anything renders: variant ``NAME=VALUE`` renders into ``out/sweep/NAME=VALUE/``, and all share the raw depth
+    cache ``out/cache/depth``."""
+    out = Path(options.out)
+    if out.exists() and not out.is_dir():
+        raise StoryInputError(f"--out {out}: exists and is not a folder")
+    return [prepare_story(replace(options, out=out / "sweep" / folder, setting=(sweep.name, value),
+                                  depth_cache=out / "cache" / "depth"))
+            for folder, value in zip(sweep.folder_names(), sweep.values)]
+
+
+def render_sweep(plans: list[StoryPlan], echo: Callable[[str], None] = print) -> list[dict]:
+    """Render each variant in turn (:func:`render_story`); the variants after the first play the first one's
+    footage (retrieval runs once) and find its depth in the shared cache. Returns the reports."""
+    reports, footage = [], None
+    for plan in plans:
+        plan.options.footage = footage
+        echo(f"{plan.out.name}:")
+        report = render_story(plan, echo=echo)
+        if footage is None:
+            footage = {shot["id"]: Segment.from_json(shot["segment"]) for shot in report["shots"]}
+        reports.append(report)
+    return reports
+
+
 def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
     from tqdm import tqdm
 
@@ -407,7 +441,8 @@ def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
     jobs = []
     for shot in to_render:  # footage first: a shot no footage can fill fails before any model loads
         t0 = time.perf_counter()
-        segment = choose_segment(plan, shot, avoid=list(used))
+        chosen = (options.footage or {}).get(shot.id)
+        segment = chosen if chosen is not None else choose_segment(plan, shot, avoid=list(used))
         used.append(segment.range)
         jobs.append((shot, segment, time.perf_counter() - t0))
     renderer = ShotRenderer(plan.render_settings())
@@ -471,6 +506,8 @@ def _finish(plan: StoryPlan, sidecars: dict[str, ShotSidecar], status: dict[str,
         crossfade_s=plan.options.crossfade,
         deterministic=deterministic_record() if plan.options.deterministic else None,
         allow_other_base=plan.options.allow_other_base,
+        sweep=None if plan.options.setting is None else {"name": plan.options.setting[0],
+                                                          "value": plan.options.setting[1]},
         story=video,
         planned=plan.planned,
         rendered=[s.id for s in plan.shots if status.get(s.id) == "rendered"],

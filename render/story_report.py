@@ -102,6 +102,7 @@ class StoryReport:
     report_version: int = REPORT_VERSION
     deterministic: dict | None = None  # the deterministic settings of a --deterministic run, else None
     allow_other_base: bool = False  # --allow-other-base: characters trained on other base weights rendered
+    sweep: dict | None = None  # a --sweep variant: {"name", "value"} set for every shot over the storyboard's own
 
     @property
     def characters_on_other_base(self) -> list[str]:
@@ -120,6 +121,7 @@ class StoryReport:
             "deterministic": self.deterministic,
             "allow_other_base": self.allow_other_base,
             "characters_on_other_base": self.characters_on_other_base,
+            "sweep": self.sweep,
             "story": asdict(self.story),
             "planned": self.planned,
             "rendered": list(self.rendered),
@@ -137,7 +139,7 @@ class StoryReport:
                    rendered=data["rendered"], skipped=data["skipped"], seconds=data["seconds"],
                    shots=[ReportShot.from_json(shot) for shot in data["shots"]],
                    report_version=data["report_version"], deterministic=data.get("deterministic"),
-                   allow_other_base=data.get("allow_other_base", False))
+                   allow_other_base=data.get("allow_other_base", False), sweep=data.get("sweep"))
 
     @classmethod
     def read(cls, path: Path) -> StoryReport:

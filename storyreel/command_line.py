@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 import click
@@ -46,6 +47,18 @@ def fail(message: str) -> NoReturn:
     """Print ``error: <message>`` on stderr and exit with code 2 (bad input, nothing written)."""
     click.echo(f"error: {message}", err=True)
     sys.exit(USAGE_EXIT_CODE)
+
+
+def named_paths(option: str, items: tuple[str, ...], metavar: str, example: str) -> dict[str, Path]:
+    """The ``NAME=PATH`` values of a repeatable option as ``{name: path}``; for an item of another shape,
+    :func:`fail` names the option and the item and shows ``metavar`` (``NAME=FILE``) and ``example``."""
+    named = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            fail(f"{option} {item}: expected {metavar}, e.g. {example}")
+        named[name] = Path(path)
+    return named
 
 
 def usage_message(exc: click.UsageError) -> str:

@@ -14,7 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("storyreel", "storyboard", "retrieval", "index_builder", "structure", "characters", "render", "toy_world")
+PACKAGES = ("storyreel", "storyboard", "retrieval", "index_builder", "structure", "characters", "render", "evaluation",
+            "toy_world")
 # What each package may import (besides itself). The model zoo is the layer "storyreel.models".
 ALLOWED = {
     "storyreel": set(),
@@ -25,9 +26,11 @@ ALLOWED = {
     "structure": {"storyreel", "storyreel.models", "storyboard", "retrieval"},
     "characters": {"storyreel", "storyreel.models", "storyboard", "retrieval", "structure"},
     "render": {"storyreel", "storyreel.models", "storyboard", "retrieval", "structure", "characters"},
+    # the evaluation reads what the render wrote
+    "evaluation": {"storyreel", "storyreel.models", "storyboard", "retrieval", "structure", "characters", "render"},
     # the toy world trains the toy preset with every stage's own code, so it sits above all of them
     "toy_world": {"storyreel", "storyreel.models", "storyboard", "retrieval", "index_builder", "structure",
-                  "characters", "render"},
+                  "characters", "render", "evaluation"},
 }
 
 

@@ -80,10 +80,10 @@ def aligned_abs_rel(predicted: np.ndarray, truth: np.ndarray) -> float:
     ``mean(|s * predicted + t - truth| / truth)`` over all pixels (the toy world's inverse depth is at least
     0.1 everywhere, so no pixel is left out).
     """
-    p, g = predicted.astype(np.float64).ravel(), truth.astype(np.float64).ravel()
-    design = np.stack([p, np.ones_like(p)], axis=1)
-    (scale, shift), *_ = np.linalg.lstsq(design, g, rcond=None)
-    return float(np.mean(np.abs(scale * p + shift - g) / g))
+    from evaluation.structure_fidelity import align_scale_shift
+
+    g = truth.astype(np.float64)
+    return float(np.mean(np.abs(align_scale_shift(predicted, g) - g) / g))
 
 
 def depth_metrics(estimator, clips: list[WorldClip], stride: int = EVAL_FRAME_STRIDE) -> dict:
@@ -93,6 +93,8 @@ def depth_metrics(estimator, clips: list[WorldClip], stride: int = EVAL_FRAME_ST
     ``abs_rel`` is the mean over those frames of :func:`aligned_abs_rel`. ``abs_rel_figure`` is the same
     mean restricted to the figure's pixels (the alignment still uses the whole frame).
     """
+    from evaluation.structure_fidelity import align_scale_shift
+
     errors, figure_errors = [], []
     for clip in clips:
         frames, truth, masks = clip.frames[::stride], clip.inverse_depth[::stride], clip.mask[::stride]
@@ -100,9 +102,7 @@ def depth_metrics(estimator, clips: list[WorldClip], stride: int = EVAL_FRAME_ST
         for p, g, mask in zip(predicted, truth, masks):
             errors.append(aligned_abs_rel(p, g))
             if mask.any():
-                design = np.stack([p.ravel(), np.ones(p.size)], axis=1).astype(np.float64)
-                (scale, shift), *_ = np.linalg.lstsq(design, g.ravel().astype(np.float64), rcond=None)
-                aligned = scale * p + shift
+                aligned = align_scale_shift(p, g.astype(np.float64))
                 figure_errors.append(float(np.mean(np.abs(aligned[mask] - g[mask]) / g[mask])))
     return {"abs_rel": float(np.mean(errors)), "abs_rel_figure": float(np.mean(figure_errors)),
             "heldout_frames": len(errors), "frame_stride": stride}
