@@ -22,7 +22,7 @@ from evaluation.story_evaluation import shots_by_id
 from storyreel.atomic_files import write_bytes
 
 REPORT_FILE = "report.html"
-STRIP_TILE = 128  # the page's frame tiles are at most this high (the page stays small for 512x512 renders)
+STRIP_TILE = 128  # the page's frame tiles are this high: small for 512x512 renders, visible for 64x64 ones
 CHART_METRICS = ("clip_t", "dino_subject", "flicker", "depth_correlation", "flow_correlation", "agrees_with_footage")
 SHOT_ROWS = (("text", "clip_t"), ("consistency", "dino_subject"), ("consistency", "clip_background"),
              ("consistency", "flicker"), ("structure", "depth_abs_rel"), ("structure", "depth_correlation"),
@@ -82,10 +82,11 @@ def _tile(image: np.ndarray) -> np.ndarray:
     from PIL import Image
 
     height, width = image.shape[:2]
-    if height <= STRIP_TILE:
+    if height == STRIP_TILE:
         return image
     size = (max(1, round(width * STRIP_TILE / height)), STRIP_TILE)
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    resample = Image.Resampling.LANCZOS if height > STRIP_TILE else Image.Resampling.NEAREST
+    return np.asarray(Image.fromarray(image).resize(size, resample))
 
 
 def summary_chart(metrics: dict):

@@ -270,3 +270,25 @@ def test_dino_weights_load_from_a_local_safetensors_file_or_folder(tmp_path, fra
     for source in (tmp_path / "dino.safetensors", folder):
         loaded = load_dino(str(source), torch.device("cpu"))
         np.testing.assert_allclose(loaded(frames), expected(frames), atol=1e-5)
+
+
+def test_a_video_classifier_loads_from_a_local_folder_of_safetensors_only(tmp_path, frames):
+    from transformers import VideoMAEImageProcessor
+
+    model = build_tiny_video_classifier()
+    folder = tmp_path / "videomae"
+    model.save_pretrained(folder, safe_serialization=True)
+    VideoMAEImageProcessor(image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25]).save_pretrained(folder)
+    loaded = load_video_classifier(str(folder), torch.device("cpu"))
+    assert loaded.labels == list(model.config.id2label.values())
+    assert loaded._mean.flatten().tolist() == [0.5, 0.5, 0.5]  # the folder's own normalisation
+    picks = np.linspace(0, len(frames) - 1, 4).round().astype(int)
+    pixels = torch.from_numpy(frames[picks]).permute(0, 3, 1, 2).float()[None] / 255
+    with torch.no_grad():
+        logits = model.eval()(pixel_values=(pixels - 0.5) / 0.25).logits[0].numpy()
+    assert loaded(frames).labels[0] == model.config.id2label[int(np.argmax(logits))]
+    for path in folder.glob("*.safetensors"):
+        torch.save({}, path.with_suffix(".bin"))
+        path.unlink()  # a folder with pickles only is refused
+    with pytest.raises(ModelLoadError, match="video classifier"):
+        load_video_classifier(str(folder), torch.device("cpu"))
