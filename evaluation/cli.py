@@ -67,8 +67,12 @@ def main(outs, against, reference_items, preset, clip_model, dino_model, action_
     folders = list(dict.fromkeys([*outs, *against]))
     stories = [RenderedStory.open(folder) for folder in folders]  # StoryOutputError: "error: ..." (exit 2)
     references = {}
+    cast = sorted({name for story in stories for shot in story.shots for name in shot.characters})
     for name, folder in named_paths("--references", reference_items, "NAME=DIR",
                                     "hare=data/reference_images/hare").items():
+        if name not in cast:
+            fail(f"--references {name}={folder}: no shot has a character {name!r} "
+                 f"(the characters: {', '.join(cast) or 'none'})")
         try:
             references[name] = References.read(folder)
         except ReferenceImageError as exc:

@@ -173,6 +173,8 @@ def test_bad_references_exit_2_before_any_model(rendered, tmp_path, monkeypatch)
     assert result.exit_code == 2 and "--references hare=" in result.output and "no such folder" in result.output
     result = CliRunner().invoke(main, [str(rendered[0]), "--references", "hare"])
     assert result.exit_code == 2 and "expected NAME=DIR" in result.output
+    result = CliRunner().invoke(main, [str(rendered[0]), "--references", f"hair={tmp_path}"])
+    assert result.exit_code == 2 and "no shot has a character 'hair' (the characters: hare, tortoise)" in result.output
 
 
 def test_real_videos_are_the_fvd_reference_when_given(rendered, real_clips, tmp_path):
