@@ -45,7 +45,7 @@ def real_video_files(folder: Path) -> list[Path]:
               help="Metric models: real (CLIP ViT-B/32, DINO ViT-S/16, VideoMAE Kinetics-400), toy, tiny; auto: "
                    "tiny or toy when the story was rendered with it, else real.")
 @click.option("--clip-model", default=None, help="open_clip model for CLIP-T and CLIP-I, e.g. ViT-L-14:openai.")
-@click.option("--dino-model", default=None, help="DINO model: a timm name or a local .safetensors file.")
+@click.option("--dino-model", default=None, help="DINO model: a timm name, or a local folder or .safetensors file.")
 @click.option("--action-model", default=None,
               help="Video classifier: a transformers id or folder (VideoMAE, TimeSformer), or clip-zero-shot.")
 @click.option("--video-features", default=None, help="FVD feature extractor: a video classifier id, or clip-frames.")
