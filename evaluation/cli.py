@@ -93,7 +93,7 @@ def main(outs, against, reference_items, preset, clip_model, dino_model, action_
     # 3. the pages, and the comparison in the first folder
     for index, (story, metrics) in enumerate(results):
         compared = [(s.out.name, m) for s, m in results[1:]] if index == 0 and len(results) > 1 else None
-        page = write_report_page(story.out, metrics, compared)
+        page = write_report_page(story, metrics, compared)
         click.echo(f"wrote {story.out / 'eval' / 'metrics.json'} and {page}")
     if len(results) > 1:
         first = results[0][0].out
@@ -111,22 +111,15 @@ def main(outs, against, reference_items, preset, clip_model, dino_model, action_
 
 def summary_table(out: Path, metrics: dict) -> str:
     """A plain-text table: a row per shot with the main figures, then the story's means."""
-    from evaluation.story_evaluation import shots_by_id
+    from evaluation.story_evaluation import shot_figure, shots_by_id
 
     header = f"{out}\n  {'shot':<16}" + "".join(f"{key:>20}" for key in TABLE_KEYS)
     rows = [header]
     for shot, scores in shots_by_id(metrics).items():
-        values = [_lookup(scores, key) for key in TABLE_KEYS]
+        values = [shot_figure(scores, key) for key in TABLE_KEYS]
         rows.append(f"  {shot[:16]:<16}" + "".join(f"{_text(v):>20}" for v in values))
     rows.append(f"  {'(mean)':<16}" + "".join(f"{_text(metrics['summary'].get(key)):>20}" for key in TABLE_KEYS))
     return "\n".join(rows)
-
-
-def _lookup(scores: dict, key: str):
-    for section in ("text", "consistency", "structure", "action"):
-        if key in scores[section]:
-            return scores[section][key]
-    return None
 
 
 def _text(value) -> str:

@@ -12,12 +12,13 @@ preset      CLIP (CLIP-T, CLIP-I)        DINO (DINO-I, subject consistency) acti
 =========== ============================ ================================== =========================================
 
 Each model can be swapped on the command line (``--clip-model ViT-L-14:openai``, a timm DINO name or a local
-``.safetensors`` file for ``--dino-model``, a transformers video classifier id or folder for
+folder or ``.safetensors`` file for ``--dino-model``, a transformers video classifier id or folder for
 ``--action-model``). Weights are safetensors only: transformers loads with ``use_safetensors=True``, a local DINO
 file must be ``.safetensors``. A model that cannot be had raises :class:`~storyreel.errors.ModelLoadError` naming
 it and the way to fetch it.
 
-The standard FVD extractor (I3D) is published only as TorchScript, a pickle, so it is not loaded; the VideoMAE
+The standard FVD extractor (I3D) is published only as pickles (TorchScript, or pytorch-i3d's state dict), so it is
+not loaded; the VideoMAE
 features stand in for it and every result names its extractor (``video_features``), so distances computed with
 different extractors are never compared.
 """

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.story_evaluation import shots_by_id
+from evaluation.story_evaluation import shot_figure, shots_by_id
 from storyreel.atomic_files import write_bytes
 
 REPORT_FILE = "report.html"
@@ -100,7 +100,7 @@ def summary_chart(metrics: dict):
     shots = list(by_id)
     figure, axes = plt.subplots(1, len(CHART_METRICS), figsize=(3 * len(CHART_METRICS), 2.8), squeeze=False)
     for axis, key in zip(axes[0], CHART_METRICS):
-        values = [_figure(by_id[shot], key) for shot in shots]
+        values = [shot_figure(by_id[shot], key) for shot in shots]
         axis.bar(range(len(shots)), [np.nan if v is None else float(v) for v in values], color="#4a7ab5")
         axis.set_xticks(range(len(shots)), shots, rotation=45, ha="right", fontsize=7)
         axis.set_title(key, fontsize=9)
@@ -141,13 +141,6 @@ def comparison_chart(names: list[str], summaries: list[dict]):
     return figure
 
 
-def _figure(shot: dict, key: str):
-    for section in ("text", "consistency", "structure", "action"):
-        if key in shot.get(section, {}):
-            return shot[section][key]
-    return None
-
-
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
@@ -185,11 +178,10 @@ def comparison_section(names: list[str], all_metrics: list[dict]) -> str:
     return "\n".join(parts)
 
 
-def write_report_page(out: Path, metrics: dict, compared: list[tuple[str, dict]] | None = None) -> Path:
-    """Write ``out/eval/report.html`` for ``metrics`` (and the comparison with ``compared``: name → metrics)."""
-    from evaluation.story_output import RenderedStory
-
-    story = RenderedStory.open(out)
+def write_report_page(story, metrics: dict, compared: list[tuple[str, dict]] | None = None) -> Path:
+    """Write ``eval/report.html`` of ``story`` (a :class:`evaluation.story_output.RenderedStory`) for ``metrics``
+    (and the comparison with ``compared``: name → metrics)."""
+    out = story.out
     title = metrics["story"].get("title") or Path(metrics["story"]["out"]).name
     models = metrics["models"]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}: evaluation</title>"

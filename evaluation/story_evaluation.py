@@ -33,10 +33,11 @@ from evaluation.metric_models import CLIP_FRAMES, ZERO_SHOT, MetricModelSet
 from evaluation.story_output import RenderedShot, RenderedStory
 from storyreel.atomic_files import write_bytes, write_json
 
-EVALUATE_VERSION = 1  # bump when a metric's computation changes (it is part of every cache key)
+EVALUATE_VERSION = 2  # bump when a metric's computation changes (it is part of every cache key)
 EVAL_FOLDER = "eval"
 METRICS_FILE = "metrics.json"
 VIDEO_FEATURE_FRAMES = 16  # frames sampled from a real video file for its FVD feature (a shot's own frames: all)
+SHOT_SECTIONS = ("text", "consistency", "structure", "action")  # a shot's figures, by section
 SUMMARY_METRICS = (  # (section, key) of the per-shot figures averaged over the story
     ("text", "clip_t"), ("consistency", "dino_subject"), ("consistency", "clip_background"),
     ("consistency", "clip_frame_to_frame"), ("consistency", "flicker"), ("consistency", "mean_abs_diff"),
@@ -73,11 +74,12 @@ class LoadedModels:
 
     @property
     def classifier(self):
+        """The action classifier; a zero-shot one is built for the current ``labels`` (a story's footage labels)."""
         from evaluation.metric_models import ZeroShotClassifier, load_video_classifier
 
         if self.choice.action == ZERO_SHOT:
-            return self._get("classifier", lambda: ZeroShotClassifier(self.clip, self.labels,
-                                                                      self.choice.action_template))
+            return self._get(f"classifier:{self.labels}", lambda: ZeroShotClassifier(self.clip, self.labels,
+                                                                                      self.choice.action_template))
         return self._get("classifier", lambda: load_video_classifier(self.choice.action, self.device))
 
     def depth(self, name: str):
@@ -168,6 +170,7 @@ class StoryEvaluator:
         self.progress = progress
         self.models = LoadedModels(models, self.device)
         self.computed: list[str] = []  # "out:shot" of every shot computed (not cached) by this evaluator
+        self._reference_features: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name → (CLIP, DINO)
 
     # -- the cache -------------------------------------------------------------------------------------
     def shot_key(self, shot: RenderedShot, labels: list[str]) -> str:
@@ -231,11 +234,9 @@ class StoryEvaluator:
             if name not in self.references:
                 references[name] = {"clip_i": None, "dino_i": None, "note": "no reference images given"}
                 continue
-            images = self.references[name].images
-            clip_refs = models.clip.encode_images(models.clip.prepare_frames(images))
+            clip_refs, dino_refs = self.reference_features(name)
             references[name] = {"clip_i": identity.reference_similarity(clip_refs, clip_frames),
-                                "dino_i": identity.reference_similarity(models.dino(np.stack(
-                                    [_square(image, 256) for image in images])), dino_frames)}
+                                "dino_i": identity.reference_similarity(dino_refs, dino_frames)}
 
         # 4. consistency within the shot
         temporal = {"dino_subject": consistency.subject_consistency(dino_frames),
@@ -247,8 +248,9 @@ class StoryEvaluator:
                     "footage_flicker": consistency.flicker_score(footage)}
 
         # 5. structure fidelity
-        rendered_depth = np.asarray(depth_model(frames), dtype=np.float32)
-        rendered_depth = _resize_depth(rendered_depth, guide.shape[1:])
+        from structure.extract import extract_raw_depth
+
+        rendered_depth = extract_raw_depth(list(frames), size=shot.size, estimator=depth_model).values
         depth = structure_fidelity.depth_fidelity(rendered_depth, guide)
         motion = structure_fidelity.motion_fidelity(footage, frames)
         structure = {"depth_abs_rel": depth["abs_rel"], "depth_correlation": depth["correlation"], **motion}
@@ -270,12 +272,21 @@ class StoryEvaluator:
         self.computed.append(f"{shot.out}:{shot.id}")
         return metrics, arrays
 
+    def reference_features(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The CLIP and DINO features of a character's reference images, computed once."""
+        if name not in self._reference_features:
+            images = self.references[name].images
+            clip = self.models.clip.encode_images(self.models.clip.prepare_frames(images))
+            dino = np.concatenate([self.models.dino(image[None]) for image in images])  # images differ in size
+            self._reference_features[name] = (clip, dino)
+        return self._reference_features[name]
+
     # -- the story -------------------------------------------------------------------------------------
     def evaluate(self, story: RenderedStory) -> dict:
         """metrics.json's content for ``story`` (written by :func:`write_metrics`)."""
-        labels = sorted({shot.label for shot in story.shots if shot.label})
         from tqdm import tqdm
 
+        labels = sorted({shot.label for shot in story.shots if shot.label})
         shots, arrays = {}, {}
         for shot in tqdm(story.shots, desc=f"evaluate {story.out.name}", unit="shot", disable=not self.progress,
                          dynamic_ncols=True, leave=False):
@@ -317,6 +328,14 @@ class StoryEvaluator:
         return distribution.distribution_record(rendered, real, self.choice.video_features, source)
 
 
+def shot_figure(shot: dict, key: str):
+    """One figure of a shot's metrics by its key (``clip_t``, ``flow_correlation``, ...), whatever its section."""
+    for section in SHOT_SECTIONS:
+        if key in shot.get(section, {}):
+            return shot[section][key]
+    return None
+
+
 def shots_by_id(metrics: dict) -> dict[str, dict]:
     """metrics.json's shots by id, in the storyboard's order."""
     return {shot["shot"]: shot for shot in metrics["shots"]}
@@ -336,22 +355,6 @@ def write_metrics(out: Path, metrics: dict) -> Path:
     path = Path(out) / EVAL_FOLDER / METRICS_FILE
     write_json(path, metrics)
     return path
-
-
-def _square(image: np.ndarray, size: int) -> np.ndarray:
-    from retrieval.frame_preprocessing import square_crop
-
-    return square_crop(np.asarray(image), size)
-
-
-def _resize_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if depth.shape[1:] == tuple(size):
-        return depth
-    import torch
-
-    resized = torch.nn.functional.interpolate(torch.from_numpy(depth)[:, None], size=tuple(size), mode="bilinear",
-                                              align_corners=False)
-    return resized[:, 0].numpy()
 
 
 def _plain(value):

@@ -23,7 +23,7 @@ import hashlib
 import io
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,6 @@ class ProtocolSettings:
     steps: int | None = None  # None: the preset's
     seed: int = 0
     version: int = PROTOCOL_VERSION
-    extra: dict = field(default_factory=dict)
 
 
 def class_words(label: str) -> str:
@@ -116,9 +115,11 @@ def check_settings(settings: ProtocolSettings) -> dict[str, list[Path]]:
 
 def run_protocol(settings: ProtocolSettings, echo=print) -> dict:
     """Render, extract, measure (see the module docstring); returns result.json's content."""
+    from evaluation.distribution import distribution_record
     from evaluation.metric_models import METRIC_PRESETS
     from evaluation.story_evaluation import LoadedModels
     from render.story import StoryOptions, prepare_story, render_story
+    from storyreel.devices import default_device
 
     videos = check_settings(settings)
     out = Path(settings.out)
@@ -137,18 +138,12 @@ def run_protocol(settings: ProtocolSettings, echo=print) -> dict:
         rendered += [folder / shot["files"]["mp4"] for shot in report["shots"]]
 
     # 3. features and distances
-    import torch
-
-    from storyreel.devices import default_device
-
     choice = METRIC_PRESETS[settings.metric_models]
-    models = LoadedModels(choice, torch.device(default_device()))
+    models = LoadedModels(choice, default_device())
     real = [path for label in videos for path in videos[label][:settings.real_per_class]]
     echo(f"features of {len(rendered)} rendered and {len(real)} real videos ({choice.video_features})")
     rendered_features = np.stack([cached_feature(models, path, out / "features") for path in rendered])
     real_features = np.stack([cached_feature(models, path, out / "features") for path in real])
-    from evaluation.distribution import distribution_record
-
     result = distribution_record(rendered_features, real_features, choice.video_features,
                                  f"{len(real)} UCF-101 clips, at most {settings.real_per_class} per class")
     result.update(classes=list(videos), settings="protocol.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -67,7 +68,6 @@ def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload
     character_files = named_paths("--character", characters, "NAME=FILE", "hare=characters/hare.safetensors")
 
     from render.story import StoryOptions, prepare_story, render_story
-    from storyreel.errors import StoryreelError
 
     models = model_specification(**model_flags)
     options = StoryOptions(storyboard=storyboard, out=out, index=index, models=models, crossfade=crossfade,
@@ -80,32 +80,37 @@ def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload
         _sweep(options, sweep_text)
         return
     plan = prepare_story(options)  # StoryInputError: "error: ..." (exit 2), nothing loaded or written
-    try:
+    with _shot_failures():
         report = render_story(plan, echo=click.echo)
-    except StoryreelError:  # "error: ..." (exit 2): another run holds --out, models that cannot be loaded,
-        raise               # a character made for other models or other base weights
-    except (RuntimeError, ValueError, OSError) as exc:  # a shot that cannot be made; finished shots are kept
-        click.echo(f"error: {exc} (finished shots are kept; rerun to resume)", err=True)
-        sys.exit(1)
     click.echo(f"rendered {len(report['rendered'])}, skipped {len(report['skipped'])} "
                f"(unchanged) in {report['seconds']:.1f} s; outputs in {out}/")
+
+
+@contextlib.contextmanager
+def _shot_failures():
+    """A shot that cannot be made: ``error: ...`` and exit 1 (finished shots are kept); a
+    :class:`~storyreel.errors.StoryreelError` (another run holds --out, models that cannot be loaded, a character
+    made for other models or other base weights) goes on to the command's ``error: ...`` and exit 2."""
+    from storyreel.errors import StoryreelError
+
+    try:
+        yield
+    except StoryreelError:
+        raise
+    except (RuntimeError, ValueError, OSError) as exc:
+        click.echo(f"error: {exc} (finished shots are kept; rerun to resume)", err=True)
+        sys.exit(1)
 
 
 def _sweep(options, sweep_text: str) -> None:
     """--sweep: every variant checked, then rendered in turn."""
     from render.story import prepare_sweep, render_sweep
     from storyboard.sweep import SettingSweep
-    from storyreel.errors import StoryreelError
 
     sweep = SettingSweep.parse(sweep_text)  # OptionError: "error: --sweep: ..." (exit 2)
     plans = prepare_sweep(options, sweep)  # StoryInputError: "error: ..." (exit 2), nothing loaded or written
-    try:
+    with _shot_failures():
         reports = render_sweep(plans, echo=click.echo)
-    except StoryreelError:
-        raise
-    except (RuntimeError, ValueError, OSError) as exc:  # a shot that cannot be made; finished shots are kept
-        click.echo(f"error: {exc} (finished shots are kept; rerun to resume)", err=True)
-        sys.exit(1)
     for plan, report in zip(plans, reports):
         click.echo(f"{plan.out.name}: rendered {len(report['rendered'])}, skipped {len(report['skipped'])}")
     click.echo(f"outputs in {options.out}/sweep/; compare them with: evaluate-story {options.out}/sweep/*")

@@ -62,6 +62,21 @@ def test_sweep_renders_each_value_with_the_same_footage_and_one_depth_cache(swee
     assert again.exit_code == 2 and "--index unused-index-folder" in again.output  # checked before anything renders
 
 
+def test_a_sweep_retrieves_footage_once(tmp_path, tiny_index, monkeypatch):
+    import render.story as story
+    from storyboard.sweep import SettingSweep
+
+    def first_two(data):
+        data["shots"] = data["shots"][:2]
+    calls = []
+    choose = story.choose_segment
+    monkeypatch.setattr(story, "choose_segment", lambda *a, **k: calls.append(a[1].id) or choose(*a, **k))
+    options = story.StoryOptions(storyboard=cheap_storyboard(tmp_path, first_two), out=tmp_path / "out",
+                                 index=tiny_index, models="tiny", progress=False)
+    story.render_sweep(story.prepare_sweep(options, SettingSweep.parse("seed=1,2,3")), echo=lambda line: None)
+    assert calls == ["challenge", "sprint"]  # the first variant's; the other two play the same footage
+
+
 @pytest.mark.parametrize("text, message", [("tau", "expected NAME=V1,V2"), ("width=64,128", "cannot sweep 'width'"),
                                            ("steps=2,x", "'x' is not an integer"), ("tau=0.5,2", "defaults.tau")])
 def test_bad_sweeps_exit_2(tmp_path, tiny_index, text, message):
