@@ -269,12 +269,17 @@ def main(argv=None) -> int:
     def part(name: str, run) -> None:
         """Run one part; its figures join the line, its failure is recorded and the others still run."""
         began = time.perf_counter()
+        before = set(figures)
         try:
             figures.update(run())
         except Exception as exc:  # noqa: BLE001  (a failed part is reported in the line; the exit code says so)
             errors[name] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc(file=sys.stderr)
-        print(f"gpu_check: {name} {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
+        # the part's figures go to the progress log as well, so a run cut short still reports what it measured
+        new = {key: round(value, 6) if isinstance(value, float) else value
+               for key, value in figures.items() if key not in before}
+        print(f"gpu_check: {name} {time.perf_counter() - began:.1f} s {json.dumps(new, sort_keys=True)}",
+              file=sys.stderr, flush=True)
 
     from storyreel.models.loading import load_render_components
     from storyreel.models.schedulers import make_scheduler
