@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from evaluation.metric_models import METRIC_PRESET_NAMES, METRIC_PRESETS
+from evaluation.metric_models import METRIC_PRESET_NAMES, METRIC_PRESETS, check_video_features, metric_preset
 from storyreel.command_line import command, fail, named_paths, quiet_option
 
 AUTO = "auto"
@@ -42,13 +42,17 @@ def real_video_files(folder: Path) -> list[Path]:
 @click.option("--references", "reference_items", multiple=True, metavar="NAME=DIR",
               help="Reference images of character NAME (CLIP-I, DINO-I); repeatable.")
 @click.option("--models", "preset", type=click.Choice((AUTO, *METRIC_PRESET_NAMES)), default=AUTO, show_default=True,
-              help="Metric models: real (CLIP ViT-B/32, DINO ViT-S/16, VideoMAE Kinetics-400), toy, tiny; auto: "
-                   "tiny or toy when the story was rendered with it, else real.")
+              help="Metric models: real (CLIP ViT-B/32, DINO ViT-S/16, VideoMAE Kinetics-400; FVD on I3D when "
+                   "$STORYREEL_I3D or ~/.cache/storyreel/i3d_kinetics400.safetensors holds its weights, else on "
+                   "VideoMAE), toy, tiny; auto: tiny or toy when the story was rendered with it, else real.")
 @click.option("--clip-model", default=None, help="open_clip model for CLIP-T and CLIP-I, e.g. ViT-L-14:openai.")
 @click.option("--dino-model", default=None, help="DINO model: a timm name, or a local folder or .safetensors file.")
 @click.option("--action-model", default=None,
               help="Video classifier: a transformers id or folder (VideoMAE, TimeSformer), or clip-zero-shot.")
-@click.option("--video-features", default=None, help="FVD feature extractor: a video classifier id, or clip-frames.")
+@click.option("--video-features", default=None,
+              help="FVD feature extractor: i3d:PATH.safetensors (the standard I3D, Kinetics-400; convert "
+                   "pytorch-i3d's i3d_pretrained_400.pt with python -m evaluation.i3d_conversion), i3d-tiny (random "
+                   "weights, tests), a video classifier id or folder (its pooled feature), or clip-frames.")
 @click.option("--real-videos", type=click.Path(path_type=Path), default=None,
               help="A folder of real videos for FVD/KVD [default: the shots' own footage].")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
@@ -79,8 +83,9 @@ def main(outs, against, reference_items, preset, clip_model, dino_model, action_
             fail(f"--references {name}={folder}: {exc}")
     real = real_video_files(real_videos) if real_videos is not None else None
     chosen = metric_preset_for(stories[0].report.models.preset) if preset == AUTO else preset
-    models = METRIC_PRESETS[chosen].with_overrides(clip=clip_model, dino=dino_model, action=action_model,
-                                                    video_features=video_features)
+    base = METRIC_PRESETS[chosen] if video_features is not None else metric_preset(chosen)  # real: I3D or VideoMAE
+    models = base.with_overrides(clip=clip_model, dino=dino_model, action=action_model, video_features=video_features)
+    check_video_features(models.video_features)  # a missing or pickle I3D file: "error: ..." before any model
 
     # 2. evaluate each folder with the same models
     evaluator = StoryEvaluator(models, references=references, device=device, real_videos=real, progress=not quiet)

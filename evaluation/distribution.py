@@ -9,10 +9,12 @@ reports on UCF-101):
 * KVD: the unbiased squared MMD with the polynomial kernel ``k(x, y) = (x.y / d + 1)^3`` (KID's kernel, which
   the FVD paper uses for KVD).
 
-The features are the extractor's (:mod:`evaluation.metric_models`); the standard extractor is I3D, which is
-published only as TorchScript, so storyreel uses VideoMAE features and names them in every result. Both
-distances need many videos per set (the papers use 2,048; with fewer than the feature dimension the
-covariances are singular and FVD is biased upward), so every result records both set sizes.
+The features are the extractor's (:mod:`evaluation.metric_models`). The standard extractor is I3D on Kinetics-400
+(:mod:`evaluation.i3d`: the time-mean of its 400 logits, from a safetensors conversion of pytorch-i3d's state dict,
+:mod:`evaluation.i3d_conversion`); the ``real`` preset uses it when its weights are present and VideoMAE's pooled
+features otherwise, and every result names its extractor (``video_features``). Both distances need many videos
+per set (the papers use 2,048; with fewer than the feature dimension the covariances are singular and FVD is
+biased upward), so every result records both set sizes.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@
 preset      CLIP (CLIP-T, CLIP-I)        DINO (DINO-I, subject consistency) action classifier / FVD video features
 =========== ============================ ================================== =========================================
 ``real``    ``ViT-B-32:openai``          ``vit_small_patch16_224.dino``     ``MCG-NJU/videomae-base-finetuned-kinetics``
-                                         (timm's DINO ViT-S/16)             (VideoMAE-B, Kinetics-400; FVD on its
-                                                                            pooled features)
+                                         (timm's DINO ViT-S/16)             (VideoMAE-B, Kinetics-400); FVD on I3D
+                                                                            (``i3d:PATH``) when its weights are
+                                                                            present, else on VideoMAE's pooled
+                                                                            features
 ``toy``     the toy world's CLIP         the tiny DINO (no toy DINO)        zero-shot with the toy CLIP over the
                                                                             footage labels; FVD on toy CLIP features
 ``tiny``    the tiny CLIP                a ViT-S/16 at toy size, random     a VideoMAE at toy size, random
@@ -17,10 +19,24 @@ folder or ``.safetensors`` file for ``--dino-model``, a transformers video class
 file must be ``.safetensors``. A model that cannot be had raises :class:`~storyreel.errors.ModelLoadError` naming
 it and the way to fetch it.
 
-The standard FVD extractor (I3D) is published only as pickles (TorchScript, or pytorch-i3d's state dict), so it is
-not loaded; the VideoMAE
-features stand in for it and every result names its extractor (``video_features``), so distances computed with
-different extractors are never compared.
+The FVD/KVD feature extractor (``video_features``) is one of:
+
+===================== ======================================================================================
+``i3d:PATH``          the standard one, I3D on Kinetics-400 (:mod:`evaluation.i3d`): a ``.safetensors``
+                      conversion of pytorch-i3d's state dict (``python -m evaluation.i3d_conversion``);
+                      features are the 400 logits averaged over time
+``i3d-tiny``          the same I3D architecture with seeded random weights (tests)
+a classifier          a transformers video classifier id or folder: its pooled feature (VideoMAE: 768-d)
+``clip-frames``       the toy preset's: CLIP frame features, their mean and mean change
+``tiny``              the tiny VideoMAE's pooled feature
+===================== ======================================================================================
+
+The ``real`` preset (:func:`metric_preset`) uses I3D when its weights are present: the file named by the
+environment variable ``STORYREEL_I3D`` (an error when it names no file), else
+``$STORYREEL_CACHE/i3d_kinetics400.safetensors`` (``~/.cache/storyreel/`` when ``STORYREEL_CACHE`` is unset) if it
+exists; otherwise VideoMAE's pooled features stand in. Every result names its extractor (``video_features``), so
+distances computed with different extractors are never compared; cached features are keyed by the extractor and,
+for I3D, its weights file's SHA-256 (:func:`video_features_key`).
 """
 
 from __future__ import annotations
@@ -42,6 +58,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_SEED = 0
 TINY_ACTIONS = ("jumping", "running", "spinning", "walking", "waving")  # the demo's sample clips' labels
 DINO_ARCHITECTURE = "vit_small_patch16_224"
+I3D_PREFIX = "i3d:"  # video_features "i3d:PATH.safetensors"
+I3D_TINY = "i3d-tiny"
+I3D_ENV = "STORYREEL_I3D"  # the converted I3D weights the real preset uses
+CACHE_ENV = "STORYREEL_CACHE"  # storyreel's cache folder (structure.depth_cache's convention)
+I3D_FILE_NAME = "i3d_kinetics400.safetensors"
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,92 @@ METRIC_PRESETS = {
     "tiny": MetricModelSet("tiny", clip=TINY, dino=TINY, action=TINY, video_features=TINY),
 }
 METRIC_PRESET_NAMES = tuple(METRIC_PRESETS)
+
+
+# -- the FVD extractor the real preset uses ----------------------------------------------------------------
+def default_i3d_file() -> Path:
+    """Where the real preset looks for I3D weights when ``STORYREEL_I3D`` is unset:
+    ``$STORYREEL_CACHE/i3d_kinetics400.safetensors``, or ``~/.cache/storyreel/i3d_kinetics400.safetensors``."""
+    import os
+
+    base = os.environ.get(CACHE_ENV)
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "storyreel") / I3D_FILE_NAME
+
+
+def i3d_weights() -> Path | None:
+    """The I3D weights file the real preset uses: ``$STORYREEL_I3D`` (:class:`ModelLoadError` when it names no
+    file), else :func:`default_i3d_file` when it exists, else None (VideoMAE stands in)."""
+    import os
+
+    named = os.environ.get(I3D_ENV)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"{I3D_ENV}={named}: no such file (convert pytorch-i3d's i3d_pretrained_400.pt with "
+                                 "python -m evaluation.i3d_conversion, or unset it to use VideoMAE features)")
+        return path.resolve()
+    default = default_i3d_file()
+    return default.resolve() if default.is_file() else None
+
+
+def metric_preset(name: str) -> MetricModelSet:
+    """:data:`METRIC_PRESETS`' ``name``; for ``real``, FVD on I3D (``i3d:PATH``) when :func:`i3d_weights` finds
+    the weights, else on VideoMAE's pooled features."""
+    preset = METRIC_PRESETS[name]
+    if name == "real":
+        weights = i3d_weights()
+        if weights is not None:
+            preset = replace(preset, video_features=f"{I3D_PREFIX}{weights}")
+    return preset
+
+
+def is_i3d(video_features: str) -> bool:
+    return video_features == I3D_TINY or video_features.startswith(I3D_PREFIX)
+
+
+def i3d_spec(video_features: str) -> str:
+    """What :func:`evaluation.i3d.load_i3d` takes for an I3D ``video_features``: ``tiny`` or the weights' path."""
+    return "tiny" if video_features == I3D_TINY else video_features[len(I3D_PREFIX):]
+
+
+def check_video_features(video_features: str) -> None:
+    """Before any model loads: :class:`ModelLoadError` for an ``i3d:`` path that is a pickle, not safetensors or
+    missing."""
+    if not video_features.startswith(I3D_PREFIX):
+        return
+    path = Path(i3d_spec(video_features)).expanduser()
+    if is_pickle_checkpoint(path):
+        raise ModelLoadError(f"--video-features {video_features}: refusing '{path}': {PICKLE_REFUSAL}; convert it "
+                             "with python -m evaluation.i3d_conversion IN.pt OUT.safetensors")
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"--video-features {video_features}: expected a .safetensors file")
+    if not path.is_file():
+        raise ModelLoadError(f"--video-features {video_features}: no such file '{path}'")
+
+
+def video_features_key(video_features: str) -> str:
+    """The extractor's part of a feature cache key: its name, and for ``i3d:PATH`` the weights file's SHA-256 too
+    (other weights at the same path are another extractor)."""
+    if video_features.startswith(I3D_PREFIX):
+        from storyreel.hashing import file_sha256
+
+        path = Path(i3d_spec(video_features)).expanduser()
+        return f"{video_features}@sha256:{file_sha256(path)}" if path.is_file() else video_features
+    return video_features
+
+
+def load_video_features(video_features: str, device: torch.device):
+    """The FVD extractor for ``video_features`` other than ``clip-frames``: an I3D
+    (:class:`evaluation.i3d.I3DFeatures`, ``frames → 400-d feature``) or a video classifier
+    (:class:`VideoClassifier`, ``frames → VideoPredictions``)."""
+    if is_i3d(video_features):
+        from evaluation.i3d import load_i3d
+
+        check_video_features(video_features)
+        features = load_i3d(i3d_spec(video_features), device)
+        features.name = video_features
+        return features
+    return load_video_classifier(video_features, device)
 
 
 def _offline_hint(what: str, name: str) -> str:

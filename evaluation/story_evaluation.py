@@ -13,9 +13,10 @@ loop per shot::
     7. what the story needs: the shot's mean DINO feature (identity across shots), its video features (FVD)
 
 A shot's result is cached under ``OUT/eval/cache/`` keyed by the shot's settings hash, its video's content, the
-metric models and its characters' references (:meth:`StoryEvaluator.shot_key`), so a second run after a new shot
-computes only the new shot. The story's summary (means over shots, identity across shots per character, FVD and
-KVD against the footage or ``real_videos``) is always recomputed from the cached shots: it is cheap.
+metric models (with an I3D extractor's weights file's SHA-256) and its characters' references
+(:meth:`StoryEvaluator.shot_key`), so a second run after a new shot computes only the new shot. The story's
+summary (means over shots, identity across shots per character, FVD and KVD against the footage or
+``real_videos``) is always recomputed from the cached shots: it is cheap.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation import action, consistency, distribution, identity, structure_fidelity, text_alignment
-from evaluation.metric_models import CLIP_FRAMES, ZERO_SHOT, MetricModelSet
+from evaluation.metric_models import CLIP_FRAMES, ZERO_SHOT, MetricModelSet, video_features_key
 from evaluation.story_output import RenderedShot, RenderedStory
 from storyreel.atomic_files import write_bytes, write_json
 
@@ -99,15 +100,18 @@ class LoadedModels:
 
     def video_feature(self, frames: np.ndarray, predictions) -> np.ndarray:
         """The FVD feature of one video: the classifier's pooled feature when the extractor is the classifier,
-        else the named extractor's."""
+        else the named extractor's (I3D: the time-mean of its 400 logits over all the frames, a clip of fewer than
+        16 looped to 16)."""
         if self.choice.video_features == CLIP_FRAMES:
             return distribution.clip_frames_feature(self.clip, frames)
         if self.choice.video_features == self.choice.action:
             return np.asarray(predictions.feature, dtype=np.float64)
-        from evaluation.metric_models import load_video_classifier
+        from evaluation.metric_models import is_i3d, load_video_features
 
-        extractor = self._get("video_features", lambda: load_video_classifier(self.choice.video_features,
-                                                                              self.device))
+        extractor = self._get("video_features", lambda: load_video_features(self.choice.video_features,
+                                                                            self.device))
+        if is_i3d(self.choice.video_features):
+            return np.asarray(extractor(frames), dtype=np.float64)
         return np.asarray(extractor(frames).feature, dtype=np.float64)
 
 
@@ -179,6 +183,9 @@ class StoryEvaluator:
                   "references": {name: self.references[name].digest for name in sorted(shot.characters)
                                  if name in self.references},
                   "labels": labels if self.choice.action == ZERO_SHOT else None}
+        extractor = video_features_key(self.choice.video_features)
+        if extractor != self.choice.video_features:  # I3D weights: their content too, not only their path
+            record["video_features_weights"] = extractor
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
     @staticmethod

@@ -116,7 +116,7 @@ def check_settings(settings: ProtocolSettings) -> dict[str, list[Path]]:
 def run_protocol(settings: ProtocolSettings, echo=print) -> dict:
     """Render, extract, measure (see the module docstring); returns result.json's content."""
     from evaluation.distribution import distribution_record
-    from evaluation.metric_models import METRIC_PRESETS
+    from evaluation.metric_models import metric_preset
     from evaluation.story_evaluation import LoadedModels
     from render.story import StoryOptions, prepare_story, render_story
     from storyreel.devices import default_device
@@ -138,7 +138,7 @@ def run_protocol(settings: ProtocolSettings, echo=print) -> dict:
         rendered += [folder / shot["files"]["mp4"] for shot in report["shots"]]
 
     # 3. features and distances
-    choice = METRIC_PRESETS[settings.metric_models]
+    choice = metric_preset(settings.metric_models)  # real: I3D when its weights are present, else VideoMAE
     models = LoadedModels(choice, default_device())
     real = [path for label in videos for path in videos[label][:settings.real_per_class]]
     echo(f"features of {len(rendered)} rendered and {len(real)} real videos ({choice.video_features})")
@@ -153,10 +153,12 @@ def run_protocol(settings: ProtocolSettings, echo=print) -> dict:
 
 def cached_feature(models, path: Path, folder: Path) -> np.ndarray:
     """One video's FVD feature (:meth:`evaluation.story_evaluation.LoadedModels.file_feature`), cached by the
-    file's path, size and mtime and the extractor."""
+    file's path, size and mtime and the extractor (I3D: with its weights' SHA-256)."""
+    from evaluation.metric_models import video_features_key
+
     stat = path.stat()
     key = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns,
-                                     models.choice.video_features]).encode()).hexdigest()[:32]
+                                     video_features_key(models.choice.video_features)]).encode()).hexdigest()[:32]
     cached = folder / f"{key}.npy"
     if cached.is_file():
         return np.load(cached)
