@@ -36,6 +36,8 @@ demo: install
 	  --out $(DEMO)/characters/hare.safetensors --models tiny --resolution 128 --frames 16 --steps 50 --quiet
 	$(BIN)/render-story data/examples/fable.json --index $(DEMO)/index --out $(DEMO)/story --models tiny \
 	  --character hare=$(DEMO)/characters/hare.safetensors
+	$(BIN)/render-story data/examples/fable-identity.json --index $(DEMO)/index --out $(DEMO)/story-identity \
+	  --models tiny --no-progress
 	$(BIN)/plan-story data/examples/fox-and-grapes.txt --out $(DEMO)/fox/story.json --llm rules \
 	  --style "watercolour storybook illustration" --width 256 --height 256 --frames 16 --steps 10
 	$(BIN)/fetch-models tiny --out $(DEMO)/models --quiet
@@ -47,18 +49,25 @@ demo: install
 	$(BIN)/search-clips $(DEMO)/toy-index "a figure jumping" -k 5 --per-clip 1 --contact-sheet $(DEMO)/toy-top.png
 	$(BIN)/render-story data/examples/toy-fable.json --index $(DEMO)/toy-index --out $(DEMO)/toy-story --models toy
 	$(BIN)/evaluate-story $(DEMO)/toy-story --references zuri=$(DEMO)/zuri-references --quiet
+	$(BIN)/render-story data/examples/toy-fable-consistent.json --index $(DEMO)/toy-index \
+	  --out $(DEMO)/toy-consistent --models toy --no-progress
+	$(BIN)/evaluate-story $(DEMO)/toy-consistent --against $(DEMO)/toy-story \
+	  --references zuri=$(DEMO)/zuri-references --quiet
 	$(BIN)/render-story data/examples/toy-fable.json --index $(DEMO)/toy-index --out $(DEMO)/toy-tau --models toy \
 	  --sweep tau=0,0.5,1.0 --no-progress
 	$(BIN)/evaluate-story $(DEMO)/toy-tau/sweep/* --references zuri=$(DEMO)/zuri-references --quiet
 	@echo "demo outputs are in $(DEMO)/: index/, top.png (search), depth.npz, depth.gif, depth.png (structure),"
 	@echo "  characters/hare.safetensors (a tiny TimeInv + LoRA character trained on data/reference_images/hare),"
 	@echo "  story/ (story.mp4, storyboard.png, report.json, shots/*.mp4|gif: the example storyboard with the hare),"
+	@echo "  story-identity/ (the same story with IP-Adapter pictures and consistent self-attention: the code path"
+	@echo "  with random weights; report.json says which shot recorded the bank and which attended to it),"
 	@echo "  fox/ (story.json + story.plan.json planned from a passage by the rules planner, render/ its video,"
 	@echo "  rendered offline from models/: the tiny preset's components as fetch-models writes them),"
 	@echo "  toy-world/, toy-index/, toy-top.png, toy-story/ (the toy world searched and rendered with --models toy:"
 	@echo "  models trained here on CPU, the hare the toy character zuri; see docs/TOY_WORLD.md), toy-story/eval/"
 	@echo "  (evaluate-story: metrics.json and report.html), toy-tau/sweep/tau=*/ (the toy fable at three tau values;"
-	@echo "  toy-tau/sweep/tau=0/eval/report.html charts every metric against tau; see docs/EVALUATION.md)"
+	@echo "  toy-tau/sweep/tau=0/eval/report.html charts every metric against tau; see docs/EVALUATION.md),"
+	@echo "  toy-consistent/ (the toy fable with consistent self-attention; eval/report.html beside toy-story)"
 
 # Draw the toy world and train every toy model on it, then the toy character (under an hour on 2 CPU cores; rerun
 # to resume after an interruption). Writes storyreel/models/toy_weights/ (committed) and keeps the world and checkpoints in toy-world/.

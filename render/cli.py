@@ -45,6 +45,12 @@ from storyreel.models.model_options import model_options, model_specification
 @click.option("--allow-other-base", is_flag=True,
               help="Render characters trained on other base weights than the loaded ones (refused otherwise); "
                    "report.json records which.")
+@click.option("--ip-adapter", "ip_adapter", default=None, metavar="hub|tiny|DIR|FILE.safetensors",
+              help="IP-Adapter weights for characters with reference_images: hub (h94/IP-Adapter), tiny (random "
+                   "weights), a local copy of the hub's folder, or one .safetensors file [default: tiny for the "
+                   "tiny preset, hub otherwise].")
+@click.option("--ip-adapter-variant", type=click.Choice(["base", "plus", "plus-face"]), default="base",
+              show_default=True, help="Which h94 SD1.5 adapter: base (4 image tokens), plus or plus-face (16).")
 @click.option("--sweep", "sweep_text", default=None, metavar="NAME=V1,V2,...",
               help="Render the story once per value of a storyboard default (tau, guidance, steps, seed, eta), into "
                    "OUT/sweep/NAME=VALUE/, retrieving footage and computing depth once; compare the variants with "
@@ -52,8 +58,8 @@ from storyreel.models.model_options import model_options, model_specification
 @quiet_option("No progress bars.", no_progress_alias=True)
 @click.option("--schema", is_flag=True, help="Print the storyboard JSON Schema and exit.")
 def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload, characters, planner,
-         llm_base_url, llm_model, llm_model_path, deterministic, allow_other_base, sweep_text, quiet, schema,
-         **model_flags):
+         llm_base_url, llm_model, llm_model_path, deterministic, allow_other_base, ip_adapter, ip_adapter_variant,
+         sweep_text, quiet, schema, **model_flags):
     """Render STORYBOARD (a storyboard JSON file) shot by shot; rerunning skips unchanged shots."""
     if schema:
         from storyboard import storyboard_json_schema
@@ -75,7 +81,8 @@ def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload
                            cpu_offload=cpu_offload, character_files=character_files, planner=planner,
                            planner_options={k: v for k, v in (("base_url", llm_base_url), ("model", llm_model),
                                                               ("model_path", llm_model_path)) if v is not None},
-                           deterministic=deterministic, allow_other_base=allow_other_base)
+                           deterministic=deterministic, allow_other_base=allow_other_base, ip_adapter=ip_adapter,
+                           ip_adapter_variant=ip_adapter_variant)
     if sweep_text is not None:
         _sweep(options, sweep_text)
         return

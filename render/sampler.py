@@ -20,6 +20,13 @@ reproduces exactly with ``tau=1``), plus what Animate-A-Story's renderer needs::
   (TimeInv characters: one embedding per timestep); ``None`` for uncond keeps the negative prompt's.
 * **Long shots**: more frames than ``context_window`` (16) are denoised in overlapping windows (stride 8)
   through UNet *and* ControlNet, noise predictions fused with pyramid weights (:mod:`render.context_windows`).
+* **IP-Adapter image conditioning** ``ip_adapter_image_embeds``: one tensor per IP-Adapter installed on the UNet
+  (:mod:`render.ip_adapter`), each batched ``[uncond, cond]`` with classifier-free guidance (2 x images x D, or
+  2 x images x tokens x D for the plus variants; 1 x ... without guidance), the layout of diffusers'
+  ``prepare_ip_adapter_image_embeds``. They reach the UNet as ``added_cond_kwargs={"image_embeds": ...}``
+  unrepeated: the motion UNet projects them and repeats them per frame itself (``UNetMotionModel.forward``), as
+  diffusers' ``AnimateDiffControlNetPipeline`` relies on; the ControlNet does not get them (nor does it there).
+  One image conditioning for all frames (and all context windows).
 * FreeU (``freeu=True`` or a dict of s1, s2, b1, b2), VAE slicing / tiling, autocast on CUDA, and model CPU
   offload (``components.enable_model_cpu_offload()``: each model on the GPU only for its phase).
 
@@ -91,7 +98,8 @@ class StructureGuidedSampler:
                  context_window: int = 16, context_stride: int = 8, context_weighting: str = "pyramid",
                  output_type: str = "pt", decode_chunk_size: int = 16, freeu: bool | dict = False,
                  vae_slicing: bool = False, vae_tiling: bool = False, autocast_dtype: torch.dtype | None = None,
-                 callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> SampleResult:
+                 callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None) -> SampleResult:
         c = self.components
         scheduler = self.scheduler
         device = c.device
@@ -130,6 +138,7 @@ class StructureGuidedSampler:
             negative_prompt_embeds = _as_batch(negative_prompt_embeds).to(device=device, dtype=prompt_embeds.dtype)
             if do_cfg:
                 check_same_length(prompt_embeds, negative_prompt_embeds)
+        image_embeds = _ip_adapter_embeds(c.unet, ip_adapter_image_embeds, do_cfg, device)
 
         # 3. Schedule, noise, control strengths, windows.
         scheduler.set_timesteps(steps, device=device)
@@ -161,7 +170,8 @@ class StructureGuidedSampler:
                 text = self._text_for_step(i, t, prompt_embeds, negative_prompt_embeds, do_cfg,
                                            prompt_embeds_for_step)
                 if len(windows) == 1:
-                    noise_pred, calls = self._predict(latents, t, text, cond, scales[i], do_cfg, guidance_scale)
+                    noise_pred, calls = self._predict(latents, t, text, cond, scales[i], do_cfg, guidance_scale,
+                                                      image_embeds)
                     controlnet_calls += calls
                 else:
                     fused = torch.zeros_like(latents)
@@ -172,7 +182,7 @@ class StructureGuidedSampler:
                             scale_i = scale_i[frames]
                             scale_i = None if bool((scale_i == 0).all()) else scale_i
                         pred, calls = self._predict(latents[:, :, frames], t, text, cond[frames], scale_i, do_cfg,
-                                                    guidance_scale)
+                                                    guidance_scale, image_embeds)
                         controlnet_calls += calls
                         w = weights[: len(frames)]
                         fused[:, :, frames] += pred * w.view(1, 1, -1, 1, 1)
@@ -203,8 +213,10 @@ class StructureGuidedSampler:
                 check_same_length(cond_embeds, uncond_embeds, f" (from prompt_embeds_for_step at step {i})")
         return torch.cat([uncond_embeds, cond_embeds]) if do_cfg else cond_embeds
 
-    def _predict(self, latents, t, text, cond, scale, do_cfg, guidance_scale) -> tuple[torch.Tensor, int]:
-        """Guided noise prediction for ``latents`` (1 x C x F x h x w) and its F conditioning frames."""
+    def _predict(self, latents, t, text, cond, scale, do_cfg, guidance_scale,
+                 image_embeds=None) -> tuple[torch.Tensor, int]:
+        """Guided noise prediction for ``latents`` (1 x C x F x h x w) and its F conditioning frames
+        (``image_embeds``: the IP-Adapters' per-adapter tensors, for the UNet only)."""
         c = self.components
         num_frames = latents.shape[2]
         model_input = torch.cat([latents] * 2) if do_cfg else latents
@@ -226,6 +238,8 @@ class StructureGuidedSampler:
                 down = [d * s for d in down]
                 mid = mid * s
             residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        if image_embeds is not None:  # IP-Adapters: the UNet projects and repeats them per frame itself
+            residuals = {**residuals, "added_cond_kwargs": {"image_embeds": image_embeds}}
         noise_pred = c.unet(model_input, t, encoder_hidden_states=text, **residuals).sample
         if do_cfg:
             uncond, cond_pred = noise_pred.chunk(2)
@@ -264,6 +278,32 @@ def check_same_length(prompt_embeds: torch.Tensor, negative_prompt_embeds: torch
             f"{where}; classifier-free guidance needs both the same length: encode the prompt and the negative "
             f"prompt together with render.prompt_weighting.WeightedPromptEncoder.encode_pair (it pads both to the "
             f"longer one) and pass both")
+
+
+def _ip_adapter_embeds(unet, embeds, do_cfg, device) -> list[torch.Tensor] | None:
+    """Check ``ip_adapter_image_embeds`` against the IP-Adapters installed on ``unet`` and put them on its device
+    and dtype (None when there are none)."""
+    projection = getattr(unet, "encoder_hid_proj", None)
+    installed = (projection is not None and getattr(unet.config, "encoder_hid_dim_type", None) == "ip_image_proj")
+    if embeds is None:
+        if installed:
+            raise ValueError("IP-Adapters are installed on the UNet: pass ip_adapter_image_embeds (one tensor per "
+                             "adapter; render.ip_adapter.ActiveIPAdapters.image_embeds makes them)")
+        return None
+    if not installed:
+        raise ValueError("ip_adapter_image_embeds given but no IP-Adapter is installed on the UNet "
+                         "(render.ip_adapter.ip_adapters installs them)")
+    embeds = list(embeds) if isinstance(embeds, (list, tuple)) else [embeds]
+    count = len(projection.image_projection_layers)
+    if len(embeds) != count:
+        raise ValueError(f"{len(embeds)} ip_adapter_image_embeds for {count} installed IP-Adapters")
+    batch = 2 if do_cfg else 1
+    for index, tensor in enumerate(embeds):
+        if tensor.ndim < 3 or tensor.shape[0] != batch:
+            raise ValueError(f"ip_adapter_image_embeds[{index}] has shape {tuple(tensor.shape)}: expected {batch} x "
+                             f"images x ... ({'[uncond, cond] with' if do_cfg else 'cond only without'} "
+                             "classifier-free guidance)")
+    return [tensor.to(device=device, dtype=unet.dtype) for tensor in embeds]
 
 
 def _as_batch(embeds: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ under other settings is never reused. Characters trained on other base weights a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import time
@@ -53,6 +54,8 @@ class RenderSettings:
     deterministic: bool = False  # bit-identical frames run after run (see deterministic_torch)
     allow_other_base: bool = False  # render characters trained on other base weights (with a warning)
     depth_cache: Path | None = None  # the raw depth cache, shared by a sweep's variants (default: out/cache/depth)
+    references: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, pictures): characters with IP-Adapter identity
+    ip_adapter: tuple[str, str] | None = None  # (variant, location) of the IP-Adapter for them
 
 
 @dataclass
@@ -74,6 +77,9 @@ class ShotRenderer:
         self._components = None
         self._depth = None
         self._characters = None
+        self._banks = {}  # consistency banks by file (render.consistent_attention.TokenBank)
+        self._ip_adapters = None  # render.ip_adapter.ActiveIPAdapters, one slot per character with pictures
+        self._reference_embeddings = {}  # name → (render.ip_adapter.ReferenceEmbedding, its file)
 
     @property
     def components(self):
@@ -91,6 +97,8 @@ class ShotRenderer:
             self._depth = load_depth_model(s.depth_model, device=components.device, progress=False)
             if s.characters:
                 self._characters = load_characters(components, s.characters, allow_other_base=s.allow_other_base)
+            if s.references:
+                self._ip_adapters = install_ip_adapters(components, s.ip_adapter, [name for name, _ in s.references])
             self._components = components
         return self._components, self._depth
 
@@ -103,8 +111,10 @@ class ShotRenderer:
             return Path(self.settings.depth_cache) if self.settings.depth_cache is not None else cache / "depth"
         return cache / "depth-deterministic" / self._components.device.type
 
-    def render(self, shot, segment: Segment, settings_hash: str) -> ShotSidecar:
-        """Depth of ``segment`` → structure-guided render → the shot's mp4, gif and preview; returns its sidecar."""
+    def render(self, shot, segment: Segment, settings_hash: str, consistency=None) -> ShotSidecar:
+        """Depth of ``segment`` → structure-guided render → the shot's mp4, gif and preview; returns its sidecar.
+        ``consistency`` (a :class:`render.story_consistency.ConsistencyUse`): the consistency banks the shot records
+        and attends to."""
         from structure.extract import extract_depth
 
         components, estimator = self.load()
@@ -120,8 +130,11 @@ class ShotRenderer:
         t0 = time.perf_counter()
         prompts = self._encode_prompts(shot)
 
-        # 3. structure-guided sampling
-        frames, controlnet_calls = self._sample(shot, prompts, depth)
+        # 3. structure-guided sampling (with consistent self-attention when the shot shares characters, and the
+        # IP-Adapters of its characters with reference pictures)
+        consistency_record, ip_adapter_record = {}, {}
+        image_embeds = self._image_embeds(shot, ip_adapter_record)
+        frames, controlnet_calls = self._sample(shot, prompts, depth, consistency, consistency_record, image_embeds)
         timings["render"] = time.perf_counter() - t0
 
         # 4. write preview, gif, mp4
@@ -143,6 +156,8 @@ class ShotRenderer:
             worker=WorkerRecord(host=socket.gethostname(), pid=os.getpid(), device=str(components.device)),
             rendered_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             deterministic=self.settings.deterministic,
+            consistency=consistency_record or None,
+            ip_adapter=ip_adapter_record or None,
         )
 
     def _encode_prompts(self, shot) -> _Prompts:
@@ -158,8 +173,11 @@ class ShotRenderer:
         characters, per_step = self._activate_characters(shot, prompt, encoder)
         return _Prompts(text=prompt, cond=cond, uncond=uncond, per_step=per_step, characters=characters)
 
-    def _sample(self, shot, prompts: _Prompts, depth) -> tuple[np.ndarray, int]:
-        """The shot's frames (``T x H x W x 3`` uint8) guided by ``depth``, and how many ControlNet calls it took."""
+    def _sample(self, shot, prompts: _Prompts, depth, consistency=None, consistency_record: dict | None = None,
+                image_embeds=None) -> tuple[np.ndarray, int]:
+        """The shot's frames (``T x H x W x 3`` uint8) guided by ``depth``, and how many ControlNet calls it took;
+        with ``consistency``, under consistent self-attention, its bank saved and what it did put in
+        ``consistency_record``."""
         import torch
         from tqdm import tqdm
 
@@ -171,12 +189,13 @@ class ShotRenderer:
         scheduler = preset_scheduler(self._components.preset, shot.scheduler)
         sampler = StructureGuidedSampler(self._components, scheduler=scheduler)
         with tqdm(disable=not self.settings.progress, dynamic_ncols=True, total=shot.steps, desc=f"  {shot.id}",
-                  unit="step", leave=False) as steps:
+                  unit="step", leave=False) as steps, \
+                self._consistency(shot, consistency, consistency_record):
             result = sampler(prompt_embeds=prompts.cond, negative_prompt_embeds=prompts.uncond,
                              prompt_embeds_for_step=prompts.per_step, conditioning=controlnet_condition(depth),
                              num_frames=shot.frames, height=shot.height, width=shot.width, steps=shot.steps,
                              guidance_scale=shot.guidance, tau=shot.tau, eta=shot.eta, seed=shot.seed,
-                             output_type="np",
+                             output_type="np", ip_adapter_image_embeds=image_embeds,
                              callback=lambda i, t, latents: steps.update(1))
         frames = np.asarray(result.frames)
         controlnet_calls = int(result.controlnet_calls)
@@ -184,6 +203,109 @@ class ShotRenderer:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return frames, controlnet_calls
+
+    @contextlib.contextmanager
+    def _consistency(self, shot, use, record: dict | None) -> Iterator[None]:
+        """Consistent self-attention for the block when ``use`` says so (a
+        :class:`render.story_consistency.ConsistencyUse`): the banks it attends to loaded, the bank it records
+        written after the block, and both described in ``record``."""
+        if use is None:
+            yield
+            return
+        from render.consistent_attention import (
+            ConsistencyController,
+            TokenBank,
+            bank_bytes,
+            bank_device_for,
+            consistent_self_attention,
+            frames_within_budget,
+        )
+
+        unet = self._components.unet
+        halves = 2 if shot.guidance > 1.0 else 1
+        frames, size, recording = use.settings.bank_frames, 0, None
+        if use.records is not None:  # a reference shot: as many bank frames as its budget allows
+            element_size, factor = unet.dtype.itemsize, self._components.vae_scale_factor
+            frames = frames_within_budget(unet, shot.height, shot.width, use.settings, shot.steps, halves,
+                                          element_size, factor)
+            size = bank_bytes(unet, shot.height, shot.width, use.settings, shot.steps, halves, frames, element_size,
+                              factor)
+            recording = TokenBank(shot.id, shot.steps, halves, [], use.settings.rate)
+        size += sum(Path(path).stat().st_size for _, path, _ in use.attends)
+        device = bank_device_for(self._components.device, size)
+        banks = [self._bank(path, device) for _, path, _ in use.attends]
+        controller = ConsistencyController(use.settings, shot.steps, halves, shot.seed, record=recording,
+                                           banks=tuple(banks), bank_frames=frames, bank_device=device,
+                                           bank_dtype=unet.dtype)
+        with consistent_self_attention(unet, controller):
+            yield
+        if recording is not None:
+            recording.save(use.records)
+            self._banks[str(use.records)] = recording
+        if record is not None:
+            record.update(
+                rate=use.settings.rate, until=use.settings.until, steps=sorted(controller.active),
+                records=None if recording is None else {"characters": list(use.reference_of),
+                                                       "file": str(use.records.relative_to(self.settings.out)),
+                                                       **recording.record()},
+                attends=[{"characters": list(names), "source_shot": ref,
+                          "file": str(Path(path).relative_to(self.settings.out)), "bytes": bank.nbytes}
+                         for (ref, path, names), bank in zip(use.attends, banks)],
+                key_tokens={layer: list(counts) for layer, counts in sorted(controller.key_tokens.items())})
+
+    def _image_embeds(self, shot, record: dict):
+        """The sampler's IP-Adapter embeddings for ``shot``: each of its characters with pictures at its
+        ``ip_adapter_scale``, the others' adapters at 0; what it used described in ``record``."""
+        if self._ip_adapters is None:
+            return None
+        active = self._ip_adapters
+        scales = {c.name: c.ip_adapter_scale for c in shot.characters if c.name in active.names}
+        active.set_scales(scales)
+        embeddings = {name: self._reference_embedding(name) for name in scales}
+        if scales:
+            adapter = active.adapters[0]
+            record.update(source=adapter.source.describe(), variant=adapter.variant, encoder=adapter.encoder_id,
+                          characters={name: {"scale": scale, "pictures": embeddings[name][0].num_images,
+                                             "embedding": str(embeddings[name][1].relative_to(self.settings.out))}
+                                      for name, scale in scales.items()})
+        return active.image_embeds({name: pair[0] for name, pair in embeddings.items()},
+                                   guidance=shot.guidance > 1.0)
+
+    def _reference_embedding(self, name: str):
+        """A character's reference embedding and its file (``out/cache/ip_adapter/<name>.<hash>.safetensors``): read
+        when a run before made it from the same pictures with the same adapter, else encoded and written."""
+        if name in self._reference_embeddings:
+            return self._reference_embeddings[name]
+        import hashlib
+
+        from render.ip_adapter import (
+            encode_reference_images,
+            image_hash,
+            load_reference_embedding,
+            save_reference_embedding,
+        )
+
+        adapter = self._ip_adapters.adapters[self._ip_adapters.names.index(name)]
+        pictures = dict(self.settings.references)[name]
+        hashes = [image_hash(path) for path in pictures]
+        key = hashlib.sha256(json.dumps([adapter.variant, adapter.encoder_fingerprint(), hashes]).encode())
+        path = self.settings.out / "cache" / "ip_adapter" / f"{name}.{key.hexdigest()[:16]}.safetensors"
+        embedding = load_reference_embedding(path) if path.is_file() else None
+        if embedding is None or not embedding.matches(adapter, hashes):
+            embedding = encode_reference_images(adapter, list(pictures))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_reference_embedding(path, embedding)
+        self._reference_embeddings[name] = (embedding, path)
+        return self._reference_embeddings[name]
+
+    def _bank(self, path: Path, device):
+        """A consistency bank by file, loaded once per renderer."""
+        from render.consistent_attention import TokenBank
+
+        key = str(path)
+        if key not in self._banks:
+            self._banks[key] = TokenBank.load(path, device=device)
+        return self._banks[key]
 
     def _write_files(self, shot, segment: Segment, depth, frames: np.ndarray) -> None:
         """The preview (a few footage frames and their depth: the same frames of the shot, for the sheet), then the
@@ -232,6 +354,17 @@ def with_style(prompt: str, style: str) -> str:
     if not style or style.strip().lower() in prompt.lower():
         return prompt
     return f"{prompt}, {style}"
+
+
+def install_ip_adapters(components, source: tuple[str, str], names: list[str]):
+    """One IP-Adapter slot per character with reference pictures (the same weights in each), installed on the
+    components for the renderer's life (the components are the renderer's own)."""
+    from render import ip_adapter
+
+    variant, location = source
+    adapter = ip_adapter.load_ip_adapter(ip_adapter.IPAdapterSource(variant, location), unet=components.unet,
+                                         device=components.device, dtype=components.dtype)
+    return ip_adapter.install_ip_adapters(components, [adapter] * len(names), names)
 
 
 def load_characters(components, characters: tuple[tuple[str, str, str], ...], allow_other_base: bool = False):

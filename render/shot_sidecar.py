@@ -145,6 +145,8 @@ class ShotSidecar:
     worker: WorkerRecord
     rendered_at: str
     deterministic: bool = False  # rendered under render-story --deterministic
+    consistency: dict | None = None  # consistent self-attention: the bank recorded and the banks attended to
+    ip_adapter: dict | None = None  # IP-Adapter identity: the adapter, and each character's scale and pictures
 
     def to_json(self) -> dict:
         return asdict(self)

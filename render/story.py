@@ -81,6 +81,7 @@ from render.shot_renderer import (
     with_style,
 )
 from render.shot_sidecar import CODE_VERSION, FootageRecord, Segment, ShotSidecar, shot_files
+from render.story_consistency import ConsistencyUse, bank_dependencies, consistency_uses, reference_shots
 from render.story_report import (
     IndexRecord,
     ModelsRecord,
@@ -141,6 +142,8 @@ class StoryOptions:
     setting: tuple[str, object] | None = None  # a sweep's variant: (storyboard default, value) for every shot
     footage: dict[str, Segment] | None = None  # shot id → footage chosen before (a sweep's first variant)
     depth_cache: Path | None = None  # raw depth cache shared with other renders (default: out/cache/depth)
+    ip_adapter: str | None = None  # IP-Adapter weights: hub, tiny, a folder or a .safetensors file (None: preset's)
+    ip_adapter_variant: str = "base"  # base, plus or plus-face
 
 
 @dataclass
@@ -157,6 +160,9 @@ class StoryPlan:
     characters: tuple[tuple[str, str, str], ...] = ()  # (name, character file, token) of trained characters
     planned: list = field(default_factory=list)  # the planner's records, one per shot it completed
     timings: dict = field(default_factory=dict)
+    consistency: dict[str, ConsistencyUse] = field(default_factory=dict)  # shot id → its banks (story_consistency)
+    references: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, pictures) of characters with reference images
+    ip_adapter: tuple[str, str] | None = None  # (variant, location) of the IP-Adapter, when a character has pictures
 
     def shot_files(self, shot) -> dict[str, Path]:
         return shot_files(self.out, shot)
@@ -170,7 +176,7 @@ class StoryPlan:
         o = self.options
         return RenderSettings(self.models, self.depth_model, o.device, o.cpu_offload, self.out, o.progress,
                               self.characters, deterministic=o.deterministic, allow_other_base=o.allow_other_base,
-                              depth_cache=o.depth_cache)
+                              depth_cache=o.depth_cache, references=self.references, ip_adapter=self.ip_adapter)
 
 
 # -- preparing ----------------------------------------------------------------------------------------------
@@ -232,15 +238,24 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
     # the preset's name while only a preset is asked for (output folders of earlier versions keep resuming),
     # else everything the specification resolved to: another base, adapter or LoRA renders the shots again
     models_key = preset.name if _preset_only(models) else resolved.record()
+    pictures, ip_adapter = _reference_pictures(shots, options, preset.name)
+    references = reference_shots(shots)  # each shared character's consistency reference shot
     hashes = {}
-    for shot in shots:
+    for shot in shots:  # in story order: a reference shot's hash is known before the shots attending to it
         extra = {"models": models_key, "depth_model": depth_model, "code_version": CODE_VERSION,
                  "index": index_record["fingerprint"] if shot.clip is None else None}
         if options.deterministic:  # only then: the hashes of other runs stay as they were
             extra["deterministic"] = {"cpu_threads": DETERMINISTIC_CPU_THREADS, "device": _device_type(options.device)}
+        if any(c.reference_images for c in shot.characters):  # only then: other shots keep their hashes
+            extra["ip_adapter"] = {"variant": ip_adapter[0], "location": ip_adapter[1]}
+        banks = bank_dependencies(shot, references)
+        if banks:  # only then: an edited reference shot renders its characters' shots again
+            extra["consistency_banks"] = [hashes[ref] for ref in banks]
         hashes[shot.id] = story.settings_hash(shot.id, extra=extra, model_defaults=model_defaults)
     return StoryPlan(options, story, shots, library, index_record, depth_model, hashes, out,
-                     storyboard_sha256=file_sha256(options.storyboard), characters=characters, planned=planned)
+                     storyboard_sha256=file_sha256(options.storyboard), characters=characters, planned=planned,
+                     consistency=consistency_uses(shots, references, hashes, out), references=pictures,
+                     ip_adapter=ip_adapter)
 
 
 def model_specification_of(models: str | ModelSpecification) -> ModelSpecification:
@@ -290,6 +305,41 @@ def _apply_character_files(story, options: StoryOptions) -> None:
         if not path.is_file():
             raise StoryInputError(f"--character {name}={path}: no such character file")
         story.characters[name].embedding = str(path.resolve())
+
+
+def _reference_pictures(shots, options: StoryOptions, preset: str):
+    """``((name, pictures), ...)`` of the characters with reference images, and the IP-Adapter's ``(variant,
+    location)`` (None when no character has pictures): ``options.ip_adapter``, else the preset's (``tiny`` for the
+    tiny preset, the hub's h94/IP-Adapter for real models; the toy world trains none, so toy needs the option)."""
+    from render.ip_adapter import IPAdapterSource
+    from storyreel.weights_policy import PICKLE_REFUSAL, is_pickle_checkpoint
+
+    found = {}
+    for shot in shots:
+        for character in shot.characters:
+            if character.reference_images:
+                found.setdefault(character.name, tuple(str(p) for p in character.reference_images))
+    if not found:
+        return (), None
+    location = options.ip_adapter
+    if location is None:
+        if preset == presets.TOY:
+            raise StoryInputError(f"character {next(iter(found))!r} has reference_images, but the toy world trains "
+                                  "no IP-Adapter: give --ip-adapter tiny (random weights: the code path only) or "
+                                  "real weights with real models")
+        location = "tiny" if presets.same_architecture(preset, presets.TINY) else "hub"
+    try:
+        source = IPAdapterSource(options.ip_adapter_variant, location)
+    except StoryreelError as exc:
+        raise StoryInputError(f"--ip-adapter-variant: {exc}") from None
+    if source.kind in ("file", "folder"):
+        path = Path(location).expanduser()
+        if is_pickle_checkpoint(path):
+            raise StoryInputError(f"--ip-adapter {location}: only .safetensors files are loaded ({PICKLE_REFUSAL})")
+        if not path.exists():
+            raise StoryInputError(f"--ip-adapter {location}: no such file or folder")
+        location = str(path.resolve())
+    return tuple(found.items()), (source.variant, location)
 
 
 def _check_characters(shots, models: str) -> tuple[tuple[str, str, str], ...]:
@@ -444,7 +494,7 @@ def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
         chosen = (options.footage or {}).get(shot.id)
         segment = chosen if chosen is not None else choose_segment(plan, shot, avoid=list(used))
         used.append(segment.range)
-        jobs.append((shot, segment, time.perf_counter() - t0))
+        jobs.append((shot, segment, plan.hashes[shot.id], time.perf_counter() - t0, plan.consistency.get(shot.id)))
     renderer = ShotRenderer(plan.render_settings())
     if to_render and options.engine == "local":
         renderer.load()  # a load error fails here, before anything is written
@@ -463,12 +513,15 @@ def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
         if options.engine == "ray":
             from render.ray_engine import render_on_ray
 
-            render_on_ray(renderer.settings, [(shot, segment, plan.hashes[shot.id], retrieval_s)
-                                              for shot, segment, retrieval_s in jobs], done, workers=options.workers)
-        else:
-            for shot, segment, retrieval_s in jobs:
+            # shots that record a consistency bank first: the shots attending to it read it from out/cache
+            records = [job[4] is not None and job[4].records is not None for job in jobs]
+            for first in (True, False):
+                batch = [job for job, record in zip(jobs, records) if record == first]
+                render_on_ray(renderer.settings, batch, done, workers=options.workers)
+        else:  # in story order: a character's reference shot comes before the shots attending to its bank
+            for shot, segment, settings_hash, retrieval_s, consistency in jobs:
                 bar.set_postfix_str(shot.id)
-                done(shot, renderer.render(shot, segment, plan.hashes[shot.id]), retrieval_s)
+                done(shot, renderer.render(shot, segment, settings_hash, consistency), retrieval_s)
 
     report = _finish(plan, sidecars, status, renderer, time.perf_counter() - started)
     echo(story_table(plan.shots, sidecars, status))
@@ -476,12 +529,15 @@ def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
 
 
 def _unchanged_shots(plan: StoryPlan) -> dict[str, ShotSidecar]:
-    """The sidecars of the shots to skip: their mp4 exists and their sidecar has this run's settings hash."""
+    """The sidecars of the shots to skip: their mp4 exists, their sidecar has this run's settings hash and, for a
+    consistency reference shot, its bank is there."""
     found = {}
     for shot in plan.shots:
         files = plan.shot_files(shot)
         sidecar = ShotSidecar.read(files["sidecar"]) if files["mp4"].is_file() else None
-        if sidecar is not None and sidecar.settings_hash == plan.hashes[shot.id]:
+        use = plan.consistency.get(shot.id)
+        bank_missing = use is not None and use.records is not None and not use.records.is_file()
+        if sidecar is not None and sidecar.settings_hash == plan.hashes[shot.id] and not bank_missing:
             found[shot.id] = sidecar
     return found
 

@@ -6,8 +6,8 @@ motion query, its characters (token, class word, LoRA scale and the SHA-256 of t
 content) and its clip override (the SHA-256 of the file's content and the time range). It leaves out
 what does not change the pixels: the shot's id and position, the title, the planner's analysis, and
 where files live (moving the project keeps every hash). Settings added after the first version of the
-record (``eta``, ``depth_range``, ``footage_fit``, ``max_speed_change``) are in it only when they differ
-from their defaults, so a storyboard that does not use them keeps the hash it always had (its output folder
+record (``eta``, ``depth_range``, ``footage_fit``, ``max_speed_change``, ``consistency``) are in it only when
+they differ from their defaults, so a storyboard that does not use them keeps the hash it always had (its output folder
 keeps resuming). The caller adds what the storyboard cannot know (the index's fingerprint, model presets,
 the render code's version) through ``extra``.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from typing import Mapping
 
 from storyboard.shot_settings import (
@@ -47,15 +48,7 @@ def shot_record(settings: ShotSettings) -> dict:
         "tau": settings.tau,
         "seed": settings.seed,
         "scheduler": settings.scheduler,
-        "characters": [
-            {
-                "token": character.token,
-                "class_word": character.class_word,
-                "scale": character.scale,
-                "embedding_sha256": file_sha256(character.embedding) if character.embedding else None,
-            }
-            for character in settings.characters
-        ],
+        "characters": [_character_record(character) for character in settings.characters],
         "clip": None if settings.clip is None else {
             "sha256": file_sha256(settings.clip.path),
             "start": settings.clip.start,
@@ -71,6 +64,21 @@ def shot_record(settings: ShotSettings) -> dict:
         record["footage_fit"] = settings.footage_fit
     if settings.max_speed_change != DEFAULT_MAX_SPEED_CHANGE:
         record["max_speed_change"] = settings.max_speed_change
+    if settings.consistency is not None:
+        record["consistency"] = asdict(settings.consistency)
+    return record
+
+
+def _character_record(character) -> dict:
+    record = {
+        "token": character.token,
+        "class_word": character.class_word,
+        "scale": character.scale,
+        "embedding_sha256": file_sha256(character.embedding) if character.embedding else None,
+    }
+    if character.reference_images:  # later: only for characters with pictures, so older hashes stay
+        record["reference_images_sha256"] = [file_sha256(path) for path in character.reference_images]
+        record["ip_adapter_scale"] = character.ip_adapter_scale
     return record
 
 

@@ -71,11 +71,13 @@ from storyboard.shot_settings import (
     DEFAULT_DEPTH_RANGE,
     DEFAULT_ETA,
     DEFAULT_FOOTAGE_FIT,
+    DEFAULT_IP_ADAPTER_SCALE,
     DEFAULT_MAX_SPEED_CHANGE,
     DEPTH_RANGES,
     FOOTAGE_FITS,
     ResolvedCharacter,
     ResolvedClip,
+    ShotConsistency,
     ShotSettings,
     derive_seed,
     frames_for_duration,
@@ -84,6 +86,7 @@ from storyreel.errors import StoryreelError
 from storyreel.models.presets import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, SCHEDULER_NAMES
 
 FORMAT_VERSION = 1
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # a reference_images folder's pictures
 SCHEDULERS = SCHEDULER_NAMES  # the model registry's names
 DEFAULT_NEGATIVE_PROMPT = "blurry, low quality, deformed, distorted, watermark, text"
 MAX_FRAMES = 256
@@ -135,6 +138,24 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
 
+class Consistency(_Model):
+    """Consistent self-attention across shots (StoryDiffusion, adapted to video): the character's reference shot
+    stores tokens sampled from its frames, and every later shot that names the character attends to them."""
+
+    mode: Literal["self_attention", "off"] = "self_attention"
+    """"self_attention" turns it on; "off" turns it off for a shot when the defaults turn it on."""
+    rate: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """The share of a reference frame's tokens that are kept and attended to (0-1; 0 changes nothing)."""
+    until: Annotated[float, Field(ge=0, le=1)] = 0.6
+    """The fraction of denoising steps, from the first, that attend to the reference tokens (0-1)."""
+    reference: Literal["first_shot"] = "first_shot"
+    """Where a character's reference tokens come from: its first shot with consistency on."""
+    bank_frames: Annotated[int, Field(ge=1, le=16)] = 2
+    """How many frames of the reference shot (evenly spaced) give tokens (1-16)."""
+    budget_mb: Annotated[float, Field(gt=0, le=65536)] = 1024.0
+    """The most memory a character's reference tokens may take, in MB; fewer frames are kept to fit."""
+
+
 class Defaults(_Model):
     """Settings of every shot that does not set its own; sized for SD1.5 AnimateDiff."""
 
@@ -174,6 +195,8 @@ class Defaults(_Model):
     max_speed_change: SpeedChange = DEFAULT_MAX_SPEED_CHANGE
     """How much faster or slower than real the footage may play (1-8; 1.5 allows 0.67x to 1.5x); footage that
     would need more is passed over for the next match, or refused."""
+    consistency: Consistency | None = None
+    """Consistent self-attention across the shots of each character (off when left out)."""
 
     @model_serializer(mode="wrap")
     def _keep_model_defaults_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
@@ -221,6 +244,18 @@ class Character(_Model):
     folder. Leave out before the character is trained."""
     scale: Annotated[float, Field(ge=0, le=2)] = 1.0
     """LoRA scale (0-2)."""
+    reference_images: Text | list[Text] | None = None
+    """Pictures of the character for IP-Adapter identity without training: a folder (its .png, .jpg, .jpeg and
+    .webp files) or a list of image files, relative to the storyboard's folder."""
+    ip_adapter_scale: Annotated[float, Field(ge=0, le=2)] = DEFAULT_IP_ADAPTER_SCALE
+    """How strongly the reference pictures steer the shots that list the character (0-2; 0: not at all)."""
+
+    @field_validator("reference_images")
+    @classmethod
+    def _some_pictures(cls, images):
+        if isinstance(images, list) and not images:
+            raise custom_error("reference_images", "must list at least one image file (or leave the field out)")
+        return images
 
     @field_validator("token")
     @classmethod
@@ -299,6 +334,8 @@ class Shot(_Model):
     """How much faster or slower than real the shot's footage may play, 1-8 (default: defaults.max_speed_change)."""
     clip: ClipOverride | None = None
     """A clip that gives the shot its motion instead of retrieval."""
+    consistency: Consistency | None = None
+    """The shot's consistent self-attention, replacing the defaults' ({"mode": "off"} turns it off)."""
 
     @model_validator(mode="after")
     def _frames_or_duration(self) -> "Shot":
@@ -444,14 +481,28 @@ class Storyboard(_Model):
             if self.characters[name].embedding is not None:
                 files.append((json_path(("characters", name, "embedding")),
                               self.resolve_path(self.characters[name].embedding)))
+            images = self.characters[name].reference_images
+            if isinstance(images, list):
+                files.extend((json_path(("characters", name, "reference_images", i)), self.resolve_path(image))
+                             for i, image in enumerate(images))
+            elif images is not None:  # a folder (missing_files says when it holds no pictures), or one file
+                files.extend((json_path(("characters", name, "reference_images")), path)
+                             for path in self.reference_pictures(name))
         for i, item in shots:
             if item.clip is not None:
                 files.append((json_path(("shots", i, "clip", "path")), self.resolve_path(item.clip.path)))
         return files
 
     def missing_files(self, shot: str | int | None = None) -> list[Problem]:
-        """A problem for every referenced file that does not exist, naming its JSON path and resolved path."""
+        """A problem for every referenced file that does not exist, naming its JSON path and resolved path (and
+        for a reference_images folder without pictures)."""
         problems = []
+        names = list(self.characters) if shot is None else self.shots[self.shot_index(shot)].characters
+        for name in names:
+            images = self.characters[name].reference_images
+            if isinstance(images, str) and self.resolve_path(images).is_dir() and not self.reference_pictures(name):
+                problems.append(Problem(json_path(("characters", name, "reference_images")),
+                                        f"no {', '.join(IMAGE_SUFFIXES)} pictures in {self.resolve_path(images)}"))
         for path_in_json, path in self.referenced_files(shot):
             if not path.is_file():
                 reason = "is a folder, not a file" if path.is_dir() else "file not found"
@@ -498,10 +549,24 @@ class Storyboard(_Model):
         return item.seed if item.seed is not None else derive_seed(self.defaults.seed, item.id)
 
     def character(self, name: str) -> ResolvedCharacter:
-        """A character with its embedding path resolved."""
+        """A character with its embedding path and reference pictures resolved."""
         character = self.characters[name]
         embedding = self.resolve_path(character.embedding) if character.embedding is not None else None
-        return ResolvedCharacter(name, character.token, character.class_word, embedding, character.scale)
+        return ResolvedCharacter(name, character.token, character.class_word, embedding, character.scale,
+                                 reference_images=self.reference_pictures(name),
+                                 ip_adapter_scale=character.ip_adapter_scale)
+
+    def reference_pictures(self, name: str) -> tuple[Path, ...]:
+        """The character's reference pictures: the listed files, or a folder's image files (sorted by name)."""
+        images = self.characters[name].reference_images
+        if images is None:
+            return ()
+        if isinstance(images, list):
+            return tuple(self.resolve_path(image) for image in images)
+        folder = self.resolve_path(images)
+        if not folder.is_dir():
+            return (folder,)  # one file given as a string (or a missing folder: missing_files names it)
+        return tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
 
     def setting_sources(self, shot: str | int,
                         model_defaults: Mapping | ModelDefaults | None = None) -> dict[str, str]:
@@ -564,6 +629,8 @@ class Storyboard(_Model):
             footage_fit=item.footage_fit if item.footage_fit is not None else defaults.footage_fit,
             max_speed_change=(item.max_speed_change if item.max_speed_change is not None
                               else defaults.max_speed_change),
+            consistency=_resolved_consistency(item.consistency if item.consistency is not None
+                                              else defaults.consistency),
             sources=sources,
         )
 
@@ -584,6 +651,13 @@ class Storyboard(_Model):
         if missing:
             raise StoryboardError(missing, self._source)
         return shot_hash(self.shot_settings(shot, model_defaults), extra)
+
+
+def _resolved_consistency(consistency: Consistency | None) -> ShotConsistency | None:
+    if consistency is None or consistency.mode == "off":
+        return None
+    return ShotConsistency(rate=consistency.rate, until=consistency.until, reference=consistency.reference,
+                           bank_frames=consistency.bank_frames, budget_mb=consistency.budget_mb)
 
 
 def storyboard_json_schema() -> dict:

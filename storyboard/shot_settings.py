@@ -24,6 +24,7 @@ FOOTAGE_FIT_PINGPONG = "pingpong"
 FOOTAGE_FITS = (FOOTAGE_FIT_EXTEND, FOOTAGE_FIT_STRETCH, FOOTAGE_FIT_PINGPONG)
 DEFAULT_FOOTAGE_FIT = FOOTAGE_FIT_EXTEND
 DEFAULT_MAX_SPEED_CHANGE = 1.5
+DEFAULT_IP_ADAPTER_SCALE = 0.6  # IP-Adapter's weight for a character's reference pictures (diffusers' examples: 0.5-1)
 
 
 def frames_for_duration(duration: float, fps: float) -> int:
@@ -43,13 +44,17 @@ def derive_seed(story_seed: int, shot_id: str) -> int:
 
 @dataclass(frozen=True)
 class ResolvedCharacter:
-    """A character as the render loads it; ``embedding`` is an absolute path, or None before training."""
+    """A character as the render loads it; ``embedding`` is an absolute path, or None before training;
+    ``reference_images`` its pictures for IP-Adapter identity (absolute paths; empty: none) at
+    ``ip_adapter_scale``."""
 
     name: str
     token: str
     class_word: str
     embedding: Path | None
     scale: float
+    reference_images: tuple[Path, ...] = ()
+    ip_adapter_scale: float = DEFAULT_IP_ADAPTER_SCALE
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,17 @@ class ResolvedClip:
     path: Path
     start: float
     end: float | None
+
+
+@dataclass(frozen=True)
+class ShotConsistency:
+    """A shot's consistent self-attention (the storyboard's ``consistency``, resolved; None when off)."""
+
+    rate: float
+    until: float
+    reference: str
+    bank_frames: int
+    budget_mb: float
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,8 @@ class ShotSettings:
     is normalised: ``sequence`` (one range for all frames) or ``frame`` (each frame's own min and max).
     ``footage_fit`` and ``max_speed_change`` say how the footage fills the shot's duration (see
     :mod:`retrieval.footage`): ``extend``, ``stretch`` or ``pingpong``, and the largest speed change allowed.
+    ``consistency`` is the shot's consistent self-attention across shots (:mod:`render.consistent_attention`),
+    None when off.
     """
 
     index: int
@@ -100,6 +118,7 @@ class ShotSettings:
     depth_range: str = DEFAULT_DEPTH_RANGE
     footage_fit: str = DEFAULT_FOOTAGE_FIT
     max_speed_change: float = DEFAULT_MAX_SPEED_CHANGE
+    consistency: ShotConsistency | None = None
     sources: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @property

@@ -249,7 +249,8 @@ def test_json_schema_describes_the_format():
     assert {"format_version", "title", "style", "defaults", "characters", "shots"} <= set(schema["properties"])
     shot = schema["$defs"]["Shot"]["properties"]
     assert {"id", "text", "characters", "motion_query", "caption", "negative_prompt", "analysis", "frames",
-            "duration", "seed", "tau", "eta", "depth_range", "footage_fit", "max_speed_change", "clip"} == set(shot)
+            "duration", "seed", "tau", "eta", "depth_range", "footage_fit", "max_speed_change", "clip",
+            "consistency"} == set(shot)
     assert {"minimum": 0, "maximum": 1} in [{k: b[k] for k in ("minimum", "maximum") if k in b}
                                              for b in shot["tau"]["anyOf"]]
     defaults = schema["$defs"]["Defaults"]["properties"]
@@ -257,6 +258,9 @@ def test_json_schema_describes_the_format():
     assert defaults["width"]["multipleOf"] == 8 and defaults["width"]["default"] == 512
     assert "denoising steps" in defaults["tau"]["description"]
     assert schema["$defs"]["Character"]["properties"]["token"]["pattern"] == "^<[A-Za-z0-9_-]+>$"
+    assert {"reference_images", "ip_adapter_scale"} <= set(schema["$defs"]["Character"]["properties"])
+    consistency = schema["$defs"]["Consistency"]["properties"]
+    assert consistency["mode"]["enum"] == ["self_attention", "off"] and consistency["rate"]["maximum"] == 1
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
@@ -304,8 +308,8 @@ MALFORMED = [
     ("shot-field-typo", lambda d: d["shots"][1].update(tua=0.5), "shots[1].tua: unknown field; did you mean 'tau'?"),
     ("top-field-typo", lambda d: d.update(charcters={}), "charcters: unknown field; did you mean 'characters'?"),
     ("defaults-unknown-field", lambda d: d.update(defaults={"sampler": "ddim"}),
-     "defaults.sampler: unknown field; allowed fields are depth_range, eta, footage_fit, fps, frames, guidance, "
-     "height, max_speed_change, negative_prompt, scheduler, seed, steps, tau, width"),
+     "defaults.sampler: unknown field; allowed fields are consistency, depth_range, eta, footage_fit, fps, frames, "
+     "guidance, height, max_speed_change, negative_prompt, scheduler, seed, steps, tau, width"),
     ("token-format", lambda d: d["characters"]["hare"].update(token="hare"),
      "characters.hare.token: must look like <name>: letters, digits, '_' or '-' in angle brackets, got 'hare'"),
     ("token-space", lambda d: d["characters"]["hare"].update(token="<the hare>"),
