@@ -47,6 +47,8 @@ demo: install
 	  --character-references $(DEMO)/zuri-references
 	$(BIN)/build-index --manifest $(DEMO)/toy-world/captions.jsonl --out $(DEMO)/toy-index --models toy --workers 2
 	$(BIN)/search-clips $(DEMO)/toy-index "a figure jumping" -k 5 --per-clip 1 --contact-sheet $(DEMO)/toy-top.png
+	$(BIN)/render-story data/examples/toy-fable.json --index $(DEMO)/toy-index --out $(DEMO)/toy-story --models toy \
+	  --keyframes-only --no-progress
 	$(BIN)/render-story data/examples/toy-fable.json --index $(DEMO)/toy-index --out $(DEMO)/toy-story --models toy
 	$(BIN)/evaluate-story $(DEMO)/toy-story --references zuri=$(DEMO)/zuri-references --quiet
 	$(BIN)/render-story data/examples/toy-fable-consistent.json --index $(DEMO)/toy-index \
@@ -64,6 +66,7 @@ demo: install
 	@echo "  fox/ (story.json + story.plan.json planned from a passage by the rules planner, render/ its video,"
 	@echo "  rendered offline from models/: the tiny preset's components as fetch-models writes them),"
 	@echo "  toy-world/, toy-index/, toy-top.png, toy-story/ (the toy world searched and rendered with --models toy:"
+	@echo "  toy-story/keyframes.png first, a picture per shot from --keyframes-only, then the videos;"
 	@echo "  models trained here on CPU, the hare the toy character zuri; see docs/TOY_WORLD.md), toy-story/eval/"
 	@echo "  (evaluate-story: metrics.json and report.html), toy-tau/sweep/tau=*/ (the toy fable at three tau values;"
 	@echo "  toy-tau/sweep/tau=0/eval/report.html charts every metric against tau; see docs/EVALUATION.md),"

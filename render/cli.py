@@ -51,6 +51,9 @@ from storyreel.models.model_options import model_options, model_specification
                    "tiny preset, hub otherwise].")
 @click.option("--ip-adapter-variant", type=click.Choice(["base", "plus", "plus-face"]), default="base",
               show_default=True, help="Which h94 SD1.5 adapter: base (4 image tokens), plus or plus-face (16).")
+@click.option("--keyframes-only", is_flag=True,
+              help="Render each shot's first frame as a picture (OUT/keyframes/<id>.png) and a sheet of them "
+                   "(OUT/keyframes.png), not the videos: a preview in seconds (see render/keyframes.py).")
 @click.option("--sweep", "sweep_text", default=None, metavar="NAME=V1,V2,...",
               help="Render the story once per value of a storyboard default (tau, guidance, steps, seed, eta), into "
                    "OUT/sweep/NAME=VALUE/, retrieving footage and computing depth once; compare the variants with "
@@ -59,7 +62,7 @@ from storyreel.models.model_options import model_options, model_specification
 @click.option("--schema", is_flag=True, help="Print the storyboard JSON Schema and exit.")
 def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload, characters, planner,
          llm_base_url, llm_model, llm_model_path, deterministic, allow_other_base, ip_adapter, ip_adapter_variant,
-         sweep_text, quiet, schema, **model_flags):
+         keyframes_only, sweep_text, quiet, schema, **model_flags):
     """Render STORYBOARD (a storyboard JSON file) shot by shot; rerunning skips unchanged shots."""
     if schema:
         from storyboard import storyboard_json_schema
@@ -87,6 +90,14 @@ def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload
         _sweep(options, sweep_text)
         return
     plan = prepare_story(options)  # StoryInputError: "error: ..." (exit 2), nothing loaded or written
+    if keyframes_only:
+        from render.story import render_keyframes
+
+        with _shot_failures():
+            result = render_keyframes(plan, echo=click.echo)
+        click.echo(f"keyframes: rendered {len(result['rendered'])}, skipped {len(result['skipped'])} (unchanged); "
+                   f"sheet {result['sheet']}")
+        return
     with _shot_failures():
         report = render_story(plan, echo=click.echo)
     click.echo(f"rendered {len(report['rendered'])}, skipped {len(report['skipped'])} "

@@ -27,6 +27,18 @@ reproduces exactly with ``tau=1``), plus what Animate-A-Story's renderer needs::
   unrepeated: the motion UNet projects them and repeats them per frame itself (``UNetMotionModel.forward``), as
   diffusers' ``AnimateDiffControlNetPipeline`` relies on; the ControlNet does not get them (nor does it there).
   One image conditioning for all frames (and all context windows).
+* **SparseCtrl** ``sparse_controlnet`` + ``sparse_condition`` (:mod:`render.sparse_control`): a
+  ``SparseControlNetModel`` conditioned on a few frames (a keyframe at frame 0, or the first and last frames of a
+  transition), prepared as diffusers' ``AnimateDiffSparseControlNetPipeline`` does (VAE latents for the RGB model,
+  a mask channel at the conditioned frames), called at every step (the pipeline has no control_guidance_start /
+  end for it, so no window of its own) with the 5-D latents and batch-1 conditions. Its residuals are *added* to
+  the depth ControlNet's when both run (diffusers' ``MultiControlNetModel`` sums them); the depth ControlNet keeps
+  its tau window, strengths and call count. With ``conditioning=None`` there is no depth ControlNet at all (give
+  ``num_frames``; the size defaults to the sparse images'); with only SparseCtrl the loop equals the pipeline's.
+  In context windows the conditioned frames are renumbered inside each window that contains one; a window that
+  contains none gets **no** SparseCtrl residuals (rather than a call with an empty mask, which would still add
+  the model's unconditioned residuals to frames far from any keyframe); its frames are steered only through
+  the overlap fusion with conditioned windows. ``SampleResult.sparse_calls`` counts its calls (per window).
 * FreeU (``freeu=True`` or a dict of s1, s2, b1, b2), VAE slicing / tiling, autocast on CUDA, and model CPU
   offload (``components.enable_model_cpu_offload()``: each model on the GPU only for its phase).
 
@@ -46,6 +58,7 @@ import torch.nn.functional as F
 
 from render.context_windows import context_windows, window_weights
 from render.control_schedule import ScaleSpec, step_scales
+from render.sparse_control import PreparedSparseCondition, SparseCondition, check_sparse_controlnet
 
 FREEU_SD15 = {"s1": 0.9, "s2": 0.2, "b1": 1.5, "b2": 1.6}  # FreeU paper values for SD1.5
 OUTPUT_TYPES = ("pt", "np", "latent")
@@ -57,13 +70,15 @@ EmbedsHook = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor | No
 class SampleResult:
     """``frames``: T x H x W x 3 (float tensor in [0, 1] for "pt", uint8 array for "np", None for "latent");
     ``latents``: 1 x C x T x h x w; ``controlnet_calls``: ControlNet forward calls (per window); ``windows``:
-    the frame index lists denoised together; ``timesteps``: the schedule."""
+    the frame index lists denoised together; ``timesteps``: the schedule; ``sparse_calls``: SparseCtrl forward
+    calls (per window)."""
 
     frames: torch.Tensor | np.ndarray | None
     latents: torch.Tensor
     controlnet_calls: int = 0
     windows: list[list[int]] = field(default_factory=list)
     timesteps: list[int] = field(default_factory=list)
+    sparse_calls: int = 0
 
 
 class StructureGuidedSampler:
@@ -89,7 +104,7 @@ class StructureGuidedSampler:
     # -- sampling ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | None = None, negative_prompt: str | None = None, *,
-                 conditioning: torch.Tensor | list[torch.Tensor], num_frames: int | None = None,
+                 conditioning: torch.Tensor | list[torch.Tensor] | None, num_frames: int | None = None,
                  height: int | None = None, width: int | None = None, steps: int = 25,
                  guidance_scale: float = 7.5, tau: float = 1.0, controlnet_scale: ScaleSpec = 1.0,
                  seed: int | None = None, generator: torch.Generator | None = None, eta: float = 0.0,
@@ -99,29 +114,46 @@ class StructureGuidedSampler:
                  output_type: str = "pt", decode_chunk_size: int = 16, freeu: bool | dict = False,
                  vae_slicing: bool = False, vae_tiling: bool = False, autocast_dtype: torch.dtype | None = None,
                  callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-                 ip_adapter_image_embeds: list[torch.Tensor] | None = None) -> SampleResult:
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, sparse_controlnet=None,
+                 sparse_condition: SparseCondition | None = None) -> SampleResult:
         c = self.components
         scheduler = self.scheduler
         device = c.device
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
 
-        # 1. Conditioning: T x 3 x H x W in [0, 1] (a list of 3 x H x W frames is stacked).
-        cond = torch.stack(list(conditioning)) if isinstance(conditioning, (list, tuple)) else conditioning
-        if cond.ndim != 4 or cond.shape[1] != 3:
-            raise ValueError(f"conditioning must be T x 3 x H x W, got shape {tuple(cond.shape)}")
-        num_frames = num_frames or cond.shape[0]
-        if cond.shape[0] != num_frames:
-            raise ValueError(f"conditioning has {cond.shape[0]} frames for num_frames={num_frames}")
-        height = height or cond.shape[2]
-        width = width or cond.shape[3]
+        if (sparse_controlnet is None) != (sparse_condition is None):
+            raise ValueError("SparseCtrl needs both sparse_controlnet (a SparseControlNetModel) and sparse_condition "
+                             "(a render.sparse_control.SparseCondition)")
+        if sparse_controlnet is not None:
+            check_sparse_controlnet(sparse_controlnet, c)
+
+        # 1. Conditioning: T x 3 x H x W in [0, 1] (a list of 3 x H x W frames is stacked); None: no depth ControlNet.
+        if conditioning is None:
+            if num_frames is None:
+                raise ValueError("without a depth conditioning, give num_frames")
+            if (height is None or width is None) and sparse_condition is None:
+                raise ValueError("without a depth conditioning, give height and width")
+            sparse_height, sparse_width = sparse_condition.size if sparse_condition is not None else (None, None)
+            height, width = height or sparse_height, width or sparse_width
+            cond = None
+        else:
+            cond = torch.stack(list(conditioning)) if isinstance(conditioning, (list, tuple)) else conditioning
+            if cond.ndim != 4 or cond.shape[1] != 3:
+                raise ValueError(f"conditioning must be T x 3 x H x W, got shape {tuple(cond.shape)}")
+            num_frames = num_frames or cond.shape[0]
+            if cond.shape[0] != num_frames:
+                raise ValueError(f"conditioning has {cond.shape[0]} frames for num_frames={num_frames}")
+            height = height or cond.shape[2]
+            width = width or cond.shape[3]
         scale = c.vae_scale_factor
         if height % scale or width % scale:
             raise ValueError(f"height and width must be multiples of {scale}, got {height}x{width}")
-        cond = cond.to(dtype=torch.float32)
-        if tuple(cond.shape[2:]) != (height, width):
-            cond = F.interpolate(cond, size=(height, width), mode="bilinear", align_corners=False)
-        cond = cond.to(device=device, dtype=c.controlnet.dtype)
+        if cond is not None:
+            cond = cond.to(dtype=torch.float32)
+            if tuple(cond.shape[2:]) != (height, width):
+                cond = F.interpolate(cond, size=(height, width), mode="bilinear", align_corners=False)
+            cond = cond.to(device=device, dtype=c.controlnet.dtype)
 
         # 2. Text: [uncond, cond] for classifier-free guidance.
         do_cfg = guidance_scale > 1.0
@@ -139,6 +171,10 @@ class StructureGuidedSampler:
             if do_cfg:
                 check_same_length(prompt_embeds, negative_prompt_embeds)
         image_embeds = _ip_adapter_embeds(c.unet, ip_adapter_image_embeds, do_cfg, device)
+        sparse = None
+        if sparse_condition is not None:  # the keyframes through the VAE (RGB SparseCtrl), placed at their frames
+            c.use("vae")
+            sparse = sparse_condition.prepare(sparse_controlnet, c.vae, num_frames, height, width, device=device)
 
         # 3. Schedule, noise, control strengths, windows.
         scheduler.set_timesteps(steps, device=device)
@@ -154,15 +190,22 @@ class StructureGuidedSampler:
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = _extra_step_kwargs(scheduler, generator, eta)
         scales = step_scales(controlnet_scale, tau, len(timesteps), num_frames)
+        if cond is None:  # no depth ControlNet
+            scales = [None] * len(timesteps)
         windows = context_windows(num_frames, context_window, context_stride)
         weights = window_weights(context_window, context_weighting).to(device=device, dtype=latents.dtype)
         controlnet_calls = 0
+        sparse_calls = 0
+        sparse_windows = [sparse.window(frames) if sparse is not None else None for frames in windows]
 
         # CPU offload: the denoising models (and the text encoder when embeddings change per step) on the GPU.
-        c.use("unet", "controlnet", *(("text_encoder",) if prompt_embeds_for_step is not None else ()))
+        c.use("unet", *(("controlnet",) if cond is not None else ()),
+              *(("text_encoder",) if prompt_embeds_for_step is not None else ()))
         with contextlib.ExitStack() as stack:
             stack.enter_context(_freeu(c.unet, freeu))
             stack.callback(c.use)  # CPU offload: everything back on the CPU when the render ends or fails
+            if sparse_controlnet is not None:
+                stack.enter_context(_sparse_on(sparse_controlnet, device, c.offload is not None))
             if autocast_dtype is not None and device.type == "cuda":
                 stack.enter_context(torch.autocast("cuda", dtype=autocast_dtype))
             # 4. The denoising loop.
@@ -170,20 +213,23 @@ class StructureGuidedSampler:
                 text = self._text_for_step(i, t, prompt_embeds, negative_prompt_embeds, do_cfg,
                                            prompt_embeds_for_step)
                 if len(windows) == 1:
-                    noise_pred, calls = self._predict(latents, t, text, cond, scales[i], do_cfg, guidance_scale,
-                                                      image_embeds)
+                    noise_pred, calls, s_calls = self._predict(latents, t, text, cond, scales[i], do_cfg,
+                                                               guidance_scale, image_embeds, sparse)
                     controlnet_calls += calls
+                    sparse_calls += s_calls
                 else:
                     fused = torch.zeros_like(latents)
                     total = torch.zeros((num_frames,), device=device, dtype=latents.dtype)
-                    for frames in windows:
+                    for frames, sparse_w in zip(windows, sparse_windows):
                         scale_i = scales[i]
                         if isinstance(scale_i, torch.Tensor):
                             scale_i = scale_i[frames]
                             scale_i = None if bool((scale_i == 0).all()) else scale_i
-                        pred, calls = self._predict(latents[:, :, frames], t, text, cond[frames], scale_i, do_cfg,
-                                                    guidance_scale, image_embeds)
+                        pred, calls, s_calls = self._predict(latents[:, :, frames], t, text,
+                                                             cond[frames] if cond is not None else None, scale_i,
+                                                             do_cfg, guidance_scale, image_embeds, sparse_w)
                         controlnet_calls += calls
+                        sparse_calls += s_calls
                         w = weights[: len(frames)]
                         fused[:, :, frames] += pred * w.view(1, 1, -1, 1, 1)
                         total[frames] += w
@@ -200,7 +246,7 @@ class StructureGuidedSampler:
                 if output_type == "np":
                     frames_out = (frames_out.cpu().numpy() * 255).round().astype(np.uint8)
         return SampleResult(frames=frames_out, latents=latents, controlnet_calls=controlnet_calls, windows=windows,
-                            timesteps=[int(t) for t in timesteps])
+                            timesteps=[int(t) for t in timesteps], sparse_calls=sparse_calls)
 
     def _text_for_step(self, i, t, cond_embeds, uncond_embeds, do_cfg, hook) -> torch.Tensor:
         """The text batch of one step, 1 or 2 rows ordered [uncond, cond] (before the per-frame repeat)."""
@@ -213,10 +259,12 @@ class StructureGuidedSampler:
                 check_same_length(cond_embeds, uncond_embeds, f" (from prompt_embeds_for_step at step {i})")
         return torch.cat([uncond_embeds, cond_embeds]) if do_cfg else cond_embeds
 
-    def _predict(self, latents, t, text, cond, scale, do_cfg, guidance_scale,
-                 image_embeds=None) -> tuple[torch.Tensor, int]:
+    def _predict(self, latents, t, text, cond, scale, do_cfg, guidance_scale, image_embeds=None,
+                 sparse: PreparedSparseCondition | None = None) -> tuple[torch.Tensor, int, int]:
         """Guided noise prediction for ``latents`` (1 x C x F x h x w) and its F conditioning frames
-        (``image_embeds``: the IP-Adapters' per-adapter tensors, for the UNet only)."""
+        (``image_embeds``: the IP-Adapters' per-adapter tensors, for the UNet only; ``sparse``: the SparseCtrl
+        condition of these F frames, its residuals added to the depth ControlNet's). Returns the prediction and the
+        ControlNet and SparseCtrl calls made."""
         c = self.components
         num_frames = latents.shape[2]
         model_input = torch.cat([latents] * 2) if do_cfg else latents
@@ -238,13 +286,40 @@ class StructureGuidedSampler:
                 down = [d * s for d in down]
                 mid = mid * s
             residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        sparse_calls = 0
+        if sparse is not None:
+            down, mid = self._sparse_residuals(sparse, latents, model_input, t, text, do_cfg)
+            sparse_calls = 1
+            if residuals:  # both ControlNets: their residuals add up (diffusers' MultiControlNetModel)
+                down = [d + s for d, s in zip(residuals["down_block_additional_residuals"], down)]
+                mid = residuals["mid_block_additional_residual"] + mid
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         if image_embeds is not None:  # IP-Adapters: the UNet projects and repeats them per frame itself
             residuals = {**residuals, "added_cond_kwargs": {"image_embeds": image_embeds}}
         noise_pred = c.unet(model_input, t, encoder_hidden_states=text, **residuals).sample
         if do_cfg:
             uncond, cond_pred = noise_pred.chunk(2)
             noise_pred = uncond + guidance_scale * (cond_pred - uncond)
-        return noise_pred, calls
+        return noise_pred, calls, sparse_calls
+
+    def _sparse_residuals(self, sparse: PreparedSparseCondition, latents, model_input, t, text, do_cfg):
+        """SparseCtrl's down and mid residuals for the UNet batch (``AnimateDiffSparseControlNetPipeline``'s call:
+        the 5-D latents, the batch-1 condition and mask broadcast over [uncond, cond]; in guess mode with
+        classifier-free guidance only the conditional half, the unconditional half padded with zeros)."""
+        guess_cfg = sparse.guess_mode and do_cfg
+        if guess_cfg:
+            control_input = self.scheduler.scale_model_input(latents, t)
+            control_text = text.chunk(2)[1]
+        else:
+            control_input, control_text = model_input, text
+        down, mid = sparse.controlnet(control_input, t, encoder_hidden_states=control_text,
+                                      controlnet_cond=sparse.cond, conditioning_mask=sparse.mask,
+                                      conditioning_scale=sparse.scale, guess_mode=sparse.guess_mode,
+                                      return_dict=False)
+        if guess_cfg:
+            down = [torch.cat([torch.zeros_like(d), d]) for d in down]
+            mid = torch.cat([torch.zeros_like(mid), mid])
+        return list(down), mid
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, decode_chunk_size: int = 16, slicing: bool = False,
@@ -331,6 +406,23 @@ def _freeu(unet, freeu):
         yield
     finally:
         unet.disable_freeu()
+
+
+@contextlib.contextmanager
+def _sparse_on(model, device, offloaded: bool):
+    """The SparseCtrl model on the render's device for the denoising loop: under CPU offload it is moved there and
+    back afterwards; otherwise it must already be there."""
+    before = model.device
+    if before == device or (before.type == device.type and device.index is None):
+        yield
+        return
+    if not offloaded:
+        raise ValueError(f"sparse_controlnet is on {before} but the render runs on {device}: move it there first")
+    model.to(device)
+    try:
+        yield
+    finally:
+        model.to(before)
 
 
 @contextlib.contextmanager

@@ -160,6 +160,40 @@ class ShotRenderer:
             ip_adapter=ip_adapter_record or None,
         )
 
+    def render_keyframe(self, shot, segment: Segment, settings_hash: str, consistency=None) -> dict:
+        """The shot's first frame as a picture (:mod:`render.keyframes`): the shot's depth (computed and cached as
+        for the shot), its first frame guiding the image model; writes ``keyframes/<safe_id>.png`` and returns the
+        record its sidecar holds."""
+        from PIL import Image
+
+        from render.keyframes import keyframe_files
+        from storyreel.atomic_files import atomic_path
+        from structure.extract import extract_depth
+
+        self.load()
+        began = time.perf_counter()
+        depth = extract_depth(segment.range, frames=shot.frames, size=shot.size, estimator=self._depth,
+                              cache=self.depth_cache_folder(), fps=shot.fps, depth_range=shot.depth_range)
+        prompts = self._encode_prompts(shot)
+        consistency_record, ip_adapter_record = {}, {}
+        image_embeds = self._image_embeds(shot, ip_adapter_record)
+        frames, controlnet_calls = self._sample(shot, prompts, depth, consistency, consistency_record, image_embeds,
+                                                keyframe=True)
+        files = keyframe_files(self.settings.out, shot)
+        files["png"].parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(files["png"]) as tmp:
+            Image.fromarray(frames[0]).save(tmp, format="PNG")
+        with atomic_path(files["preview"]) as tmp:  # the footage's first frame and its depth, for the sheet
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, retrieved=self._footage_frames(shot, segment, [0]),
+                                    depth=(depth.depth[:1] * 255).round().astype(np.uint8))
+        return {"settings_hash": settings_hash, "shot": shot.id, "safe_id": shot.safe_id, "segment": segment,
+                "prompt": prompts.text, "seed": shot.seed, "tau": shot.tau, "steps": shot.steps,
+                "guidance": shot.guidance, "width": shot.width, "height": shot.height,
+                "controlnet_calls": controlnet_calls, "characters": prompts.characters,
+                "consistency": consistency_record or None, "ip_adapter": ip_adapter_record or None,
+                "seconds": round(time.perf_counter() - began, 3)}
+
     def _encode_prompts(self, shot) -> _Prompts:
         """The render prompt (caption and style) and the negative prompt through compel ((word)1.3, word++,
         more than 77 tokens), with the shot's characters switched on."""
@@ -174,13 +208,15 @@ class ShotRenderer:
         return _Prompts(text=prompt, cond=cond, uncond=uncond, per_step=per_step, characters=characters)
 
     def _sample(self, shot, prompts: _Prompts, depth, consistency=None, consistency_record: dict | None = None,
-                image_embeds=None) -> tuple[np.ndarray, int]:
+                image_embeds=None, keyframe: bool = False) -> tuple[np.ndarray, int]:
         """The shot's frames (``T x H x W x 3`` uint8) guided by ``depth``, and how many ControlNet calls it took;
         with ``consistency``, under consistent self-attention, its bank saved and what it did put in
-        ``consistency_record``."""
+        ``consistency_record``. ``keyframe``: only the first frame, by the image model (:mod:`render.keyframes`)
+        guided by the first depth frame."""
         import torch
         from tqdm import tqdm
 
+        from render.keyframes import image_model
         from render.sampler import StructureGuidedSampler
         from storyreel.models.schedulers import preset_scheduler
         from structure.conditioning import controlnet_condition
@@ -188,12 +224,16 @@ class ShotRenderer:
         # the shot's scheduler with the preset's settings (Lightning's trailing timesteps, say)
         scheduler = preset_scheduler(self._components.preset, shot.scheduler)
         sampler = StructureGuidedSampler(self._components, scheduler=scheduler)
+        conditioning = controlnet_condition(depth)
+        if keyframe:
+            conditioning = conditioning[:1]
         with tqdm(disable=not self.settings.progress, dynamic_ncols=True, total=shot.steps, desc=f"  {shot.id}",
                   unit="step", leave=False) as steps, \
-                self._consistency(shot, consistency, consistency_record):
+                self._consistency(shot, consistency, consistency_record), \
+                (image_model(self._components.unet) if keyframe else contextlib.nullcontext()):
             result = sampler(prompt_embeds=prompts.cond, negative_prompt_embeds=prompts.uncond,
-                             prompt_embeds_for_step=prompts.per_step, conditioning=controlnet_condition(depth),
-                             num_frames=shot.frames, height=shot.height, width=shot.width, steps=shot.steps,
+                             prompt_embeds_for_step=prompts.per_step, conditioning=conditioning,
+                             num_frames=len(conditioning), height=shot.height, width=shot.width, steps=shot.steps,
                              guidance_scale=shot.guidance, tau=shot.tau, eta=shot.eta, seed=shot.seed,
                              output_type="np", ip_adapter_image_embeds=image_embeds,
                              callback=lambda i, t, latents: steps.update(1))
@@ -310,23 +350,29 @@ class ShotRenderer:
     def _write_files(self, shot, segment: Segment, depth, frames: np.ndarray) -> None:
         """The preview (a few footage frames and their depth: the same frames of the shot, for the sheet), then the
         gif and the mp4."""
-        from retrieval.clip_reader import read_frames_at
         from storyreel.video_files import write_gif, write_mp4
-        from structure.extract import resolve_source
-        from structure.framing import frame_image
 
         files = shot_files(self.settings.out, shot)
         picks = np.linspace(0, shot.frames - 1, PREVIEW_FRAMES).round().astype(int)
-        footage = resolve_source(segment.range)
-        times = footage.sample_times(shot.frames)
-        retrieved = np.stack([frame_image(frame, shot.size)
-                              for frame in read_frames_at(footage.path, [times[i] for i in picks])])
+        retrieved = self._footage_frames(shot, segment, picks)
         with atomic_path(files["preview"]) as tmp:
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, retrieved=retrieved,
                                     depth=(depth.depth[picks] * 255).round().astype(np.uint8))
         write_gif(frames, files["gif"], shot.fps)
         write_mp4(frames, files["mp4"], shot.fps)
+
+    @staticmethod
+    def _footage_frames(shot, segment: Segment, picks) -> np.ndarray:
+        """The footage's frames at the shot's frame indices ``picks``, framed like the render."""
+        from retrieval.clip_reader import read_frames_at
+        from structure.extract import resolve_source
+        from structure.framing import frame_image
+
+        footage = resolve_source(segment.range)
+        times = footage.sample_times(shot.frames)
+        return np.stack([frame_image(frame, shot.size)
+                         for frame in read_frames_at(footage.path, [times[i] for i in picks])])
 
     def _activate_characters(self, shot, prompt: str, encoder) -> tuple[dict[str, CharacterUse], object]:
         """Turn on the LoRA of each trained character of the shot (at its storyboard scale, the others off)

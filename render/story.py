@@ -98,7 +98,7 @@ from storyreel.models.specification import ModelSpecification
 
 # with_style and shot_files live with the shot renderer and the sidecar; they stay importable from here.
 __all__ = ["LOCK_FILE", "OutputBusyError", "OutputLock", "StoryInputError", "StoryOptions", "StoryPlan",
-           "choose_segment", "prepare_story", "render_story", "shot_files", "with_style"]
+           "choose_segment", "prepare_story", "render_keyframes", "render_story", "shot_files", "with_style"]
 
 LOCK_FILE = ".render.lock"
 
@@ -443,13 +443,79 @@ def render_story(plan: StoryPlan, echo: Callable[[str], None] = print) -> dict:
     run holds ``out``'s lock (:class:`OutputBusyError` at once when another run holds it) and, with
     ``deterministic``, runs torch in deterministic mode (:func:`render.shot_renderer.deterministic_torch`).
     """
+    return _holding_out(plan, _render_story, echo)
+
+
+def _holding_out(plan: StoryPlan, work: Callable, echo: Callable[[str], None]):
+    """``work(plan, echo)`` holding ``out``'s lock (stale temporary files removed first), in deterministic torch
+    when asked; a failure before anything was written leaves no folder behind."""
     with OutputLock(plan.out) as lock, deterministic_torch(plan.options.deterministic):
         lock.remove_stale_temporary_files()
         try:
-            return _render_story(plan, echo)
+            return work(plan, echo)
         except BaseException:
             lock.forget_folder_if_untouched()
             raise
+
+
+def render_keyframes(plan: StoryPlan, echo: Callable[[str], None] = print) -> dict:
+    """``--keyframes-only``: each shot's first frame as ``out/keyframes/<safe_id>.png`` (:mod:`render.keyframes`)
+    and all of them as ``out/keyframes.png``; unchanged keyframes are skipped. Footage is chosen as for the shots
+    (and recorded, so the shots' render plays it); returns ``{"rendered": [...], "skipped": [...], "sheet": path}``."""
+    return _holding_out(plan, _render_keyframes, echo)
+
+
+def _render_keyframes(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
+    from dataclasses import asdict
+
+    from render.keyframes import keyframe_consistency, keyframe_files, keyframe_hash
+    from render.story_sheet import SheetRow, draw_story_sheet
+    from storyreel.atomic_files import write_json
+
+    records, status = {}, {}
+    for shot in plan.shots:  # unchanged keyframes: their picture is there and their sidecar has this run's hash
+        files = keyframe_files(plan.out, shot)
+        try:
+            record = json.loads(files["sidecar"].read_text()) if files["png"].is_file() else None
+        except (OSError, ValueError):
+            record = None
+        if record is not None and record.get("settings_hash") == keyframe_hash(plan.hashes[shot.id]):
+            records[shot.id], status[shot.id] = record, "skipped"
+    shot_sidecars = _unchanged_shots(plan)  # shots already rendered keep their footage
+    used = [Segment.from_json(r["segment"]).range for r in records.values()]
+    used += [sidecar.segment.range for shot_id, sidecar in shot_sidecars.items() if shot_id not in records]
+    renderer = ShotRenderer(plan.render_settings())
+    for shot in plan.shots:
+        if shot.id in records:
+            continue
+        segment = (shot_sidecars[shot.id].segment if shot.id in shot_sidecars
+                   else (plan.options.footage or {}).get(shot.id) or choose_segment(plan, shot, avoid=list(used)))
+        used.append(segment.range)
+        record = renderer.render_keyframe(shot, segment, keyframe_hash(plan.hashes[shot.id]),
+                                          keyframe_consistency(plan.consistency.get(shot.id)))
+        record.update(segment=asdict(segment), characters={k: asdict(v) for k, v in record["characters"].items()})
+        write_json(keyframe_files(plan.out, shot)["sidecar"], record)
+        records[shot.id], status[shot.id] = record, "rendered"
+        echo(f"{shot.id}: keyframe in {record['seconds']:.1f} s")
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for shot in plan.shots:
+        record, files = records[shot.id], keyframe_files(plan.out, shot)
+        picture = np.asarray(Image.open(files["png"]).convert("RGB"))  # as edited, if someone edited it
+        segment = Segment.from_json(record["segment"])
+        retrieved = depth = None
+        if files["preview"].is_file():
+            with np.load(files["preview"]) as preview:
+                retrieved, depth = preview["retrieved"], preview["depth"].astype(np.float32) / 255
+        rows.append(SheetRow(title=shot.id, caption=shot.text, source=f"{Path(segment.path).name} "
+                             f"{segment.range.start:.2f}-{segment.range.end:.2f} s", retrieved=retrieved,
+                             depth=depth, rendered=picture[None], prompt=record["prompt"]))
+    sheet = draw_story_sheet(rows, plan.out / "keyframes.png", title=plan.storyboard.title, frames_per_part=1,
+                             thumb=160)
+    return {"rendered": [s.id for s in plan.shots if status[s.id] == "rendered"],
+            "skipped": [s.id for s in plan.shots if status[s.id] == "skipped"], "sheet": str(sheet)}
 
 
 def prepare_sweep(options: StoryOptions, sweep) -> list[StoryPlan]:

@@ -1,0 +1,75 @@
+"""Keyframes first: one picture per shot, in seconds, before any video is rendered.
+
+Emu Video generates a video's first frame with a text-to-image model and then the video from it; for storyreel's
+users the same factorisation is a workflow: ``render-story STORY --keyframes-only`` writes each shot's first frame
+as ``OUT/keyframes/<safe_id>.png`` and all of them, with their captions and guide depth, as ``OUT/keyframes.png``,
+so a prompt, a seed or a retrieval can be fixed before GPU minutes go into video.
+
+* **The image model.** AnimateDiff adds motion modules to SD1.5's UNet as residual blocks; with them bypassed
+  (:func:`image_model`), the motion UNet *is* SD1.5's image UNet, and our sampler with one frame is SD1.5 +
+  depth ControlNet (tested against diffusers' ``StableDiffusionControlNetPipeline`` with the same weights in a
+  ``UNet2DConditionModel``). The keyframe is guided by the first frame of the shot's guide depth, within the
+  shot's tau, with the shot's compel caption, seed, steps and guidance, its characters' TimeInv + LoRA and
+  IP-Adapter, and consistent self-attention across the keyframes of a character when the shot has it on (its
+  banks are the keyframes' own, ``*.keyframe.safetensors``).
+* **Reuse and resume.** Retrieval and depth are the shot's (the same footage choice and the same depth cache,
+  so the video render after it computes neither again); a keyframe whose PNG exists and whose sidecar
+  (``OUT/keyframes/<safe_id>.json``) records this run's :func:`keyframe_hash` is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+KEYFRAME_VERSION = 1
+KEYFRAME_FOLDER = "keyframes"
+
+
+@contextlib.contextmanager
+def image_model(unet) -> Iterator[None]:
+    """The motion UNet as SD1.5's image UNet for the block: every motion module passes its input through."""
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    modules = [module for module in unet.modules() if isinstance(module, AnimateDiffTransformer3D)]
+    if not modules:
+        raise ValueError("the UNet has no motion modules to bypass (it is not an AnimateDiff UNetMotionModel)")
+    for module in modules:
+        module.forward = _pass_through
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward  # back to the class's forward
+
+
+def _pass_through(hidden_states, *args, **kwargs):
+    return hidden_states
+
+
+def keyframe_files(out: Path, shot) -> dict[str, Path]:
+    folder = Path(out) / KEYFRAME_FOLDER
+    return {"png": folder / f"{shot.safe_id}.png", "sidecar": folder / f"{shot.safe_id}.json",
+            "preview": folder / f"{shot.safe_id}.preview.npz"}
+
+
+def keyframe_hash(shot_hash: str) -> str:
+    """A keyframe's resume hash: its shot's settings hash (every setting that shapes the shot) and the keyframe
+    code's version."""
+    return hashlib.sha256(f"storyreel-keyframe:{KEYFRAME_VERSION}:{shot_hash}".encode()).hexdigest()
+
+
+def keyframe_consistency(use):
+    """A shot's :class:`render.story_consistency.ConsistencyUse` for its keyframe: the same references, with the
+    keyframes' own bank files (a keyframe's bank holds one frame's tokens, a shot's several)."""
+    if use is None:
+        return None
+
+    def own(path: Path) -> Path:
+        return path.with_name(path.name.removesuffix(".safetensors") + ".keyframe.safetensors")
+
+    return replace(use, records=None if use.records is None else own(use.records),
+                   attends=tuple((ref, own(path), names) for ref, path, names in use.attends))

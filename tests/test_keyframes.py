@@ -1,0 +1,128 @@
+"""Keyframes first (render.keyframes): the motion UNet without its motion modules is SD1.5's image UNet, and
+``render-story --keyframes-only`` writes one picture per shot and a sheet, resumably (tiny models)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from render.cli import main
+from render.keyframes import image_model
+from render.sampler import StructureGuidedSampler
+from structure.conditioning import controlnet_condition
+
+SIZE, STEPS = 32, 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet_threads(one_thread):
+    torch.manual_seed(0)
+
+
+def image_unet(motion_unet):
+    """A diffusers UNet2DConditionModel holding the motion UNet's image weights (every key but the motion modules)."""
+    from diffusers import UNet2DConditionModel
+
+    config = dict(motion_unet.config)
+    accepted = set(inspect.signature(UNet2DConditionModel.__init__).parameters)
+    kwargs = {k: v for k, v in config.items() if k in accepted and k != "num_attention_heads"}
+    kwargs.update(attention_head_dim=config["num_attention_heads"],  # diffusers' naming (its issue #2011)
+                  down_block_types=[t.replace("Motion", "2D") for t in config["down_block_types"]],
+                  up_block_types=[t.replace("Motion", "2D") for t in config["up_block_types"]],
+                  mid_block_type="UNetMidBlock2DCrossAttn")
+    unet = UNet2DConditionModel(**kwargs)
+    unet.load_state_dict({k: v for k, v in motion_unet.state_dict().items() if "motion_modules" not in k},
+                         strict=True)
+    return unet.eval()
+
+
+def depth_frame(size: int = SIZE) -> torch.Tensor:
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
+    return controlnet_condition((0.6 * x + 0.3 * y)[None].astype(np.float32))
+
+
+def test_the_image_model_is_sd15_with_a_depth_controlnet(components):
+    """One frame through our sampler with the motion modules bypassed equals diffusers'
+    StableDiffusionControlNetPipeline on a UNet2DConditionModel with the same image weights."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    cond = depth_frame()
+    with image_model(components.unet):
+        ours = StructureGuidedSampler(components)("a knight riding a horse", "blurry", conditioning=cond, steps=STEPS,
+                                                  guidance_scale=7.5, seed=3, output_type="pt").frames
+    pipe = StableDiffusionControlNetPipeline(vae=components.vae, text_encoder=components.text_encoder,
+                                             tokenizer=components.tokenizer, unet=image_unet(components.unet),
+                                             controlnet=components.controlnet, scheduler=components.scheduler,
+                                             safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe("a knight riding a horse", image=cond, negative_prompt="blurry", num_inference_steps=STEPS,
+                  guidance_scale=7.5, height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(3),
+                  output_type="pt").images
+    assert ours.shape == (1, SIZE, SIZE, 3) and theirs.shape == (1, 3, SIZE, SIZE)
+    assert torch.allclose(ours, theirs.permute(0, 2, 3, 1), atol=1e-5), (ours - theirs.permute(0, 2, 3, 1)).abs().max()
+
+
+def test_the_motion_modules_come_back_after_the_block(components):
+    cond = controlnet_condition(np.stack([np.full((SIZE, SIZE), 0.1 * t, np.float32) for t in range(4)]))
+    sampler = StructureGuidedSampler(components)
+    before = sampler("a rabbit", conditioning=cond, steps=2, seed=1, output_type="latent").latents
+    with image_model(components.unet):
+        bypassed = sampler("a rabbit", conditioning=cond, steps=2, seed=1, output_type="latent").latents
+    after = sampler("a rabbit", conditioning=cond, steps=2, seed=1, output_type="latent").latents
+    assert torch.equal(before, after) and not torch.equal(before, bypassed)
+
+
+def storyboard(folder: Path, clip: Path, caption_of_run="(<hare> rabbit) running across a field") -> Path:
+    shots = [("meet", "(<hare> rabbit) standing in a meadow"), ("run", caption_of_run),
+             ("rest", "(<hare> rabbit) resting under a tree")]
+    data = {"format_version": 1, "title": "keyframes", "defaults": {"width": 64, "height": 64, "frames": 8,
+                                                                     "steps": 3, "seed": 1},
+            "characters": {"hare": {"token": "<hare>", "class_word": "rabbit"}},
+            "shots": [{"id": i, "text": c, "caption": c, "characters": ["hare"],
+                       "clip": {"path": str(clip), "start": 0.0, "end": 1.0}} for i, c in shots]}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "story.json").write_text(json.dumps(data))
+    return folder / "story.json"
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args] + ["--models", "tiny", "--no-progress"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.png"))}
+
+
+def test_keyframes_only_writes_a_picture_per_shot_and_a_sheet_and_resumes(synthetic_library, tmp_path):
+    from PIL import Image
+
+    clip = sorted(Path(synthetic_library).rglob("*.mp4"))[0]
+    story, out = storyboard(tmp_path, clip), tmp_path / "out"
+    output = run(story, "--out", out, "--keyframes-only")
+    assert "keyframes: rendered 3, skipped 0" in output
+    pictures = digests(out / "keyframes")
+    assert sorted(pictures) == ["meet.png", "rest.png", "run.png"]
+    assert Image.open(out / "keyframes" / "meet.png").size == (64, 64) and (out / "keyframes.png").is_file()
+    assert not (out / "shots").exists() and not (out / "story.mp4").exists()  # no video rendered
+    record = json.loads((out / "keyframes" / "run.json").read_text())
+    assert record["shot"] == "run" and record["segment"]["path"] == str(clip) and record["steps"] == 3
+    assert "keyframes: rendered 0, skipped 3" in run(story, "--out", out, "--keyframes-only")
+    edited = storyboard(tmp_path, clip, "(<hare> rabbit) leaping over a log")
+    assert "keyframes: rendered 1, skipped 2" in run(edited, "--out", out, "--keyframes-only")
+    after = digests(out / "keyframes")
+    assert after["run.png"] != pictures["run.png"] and after["meet.png"] == pictures["meet.png"]
+    # the videos after the keyframes: the same footage, and the first frame's depth from the same cache
+    run(edited, "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    assert [s["segment"]["path"] for s in report["shots"]] == [str(clip)] * 3
