@@ -51,6 +51,9 @@ from storyreel.models.model_options import model_options, model_specification
                    "tiny preset, hub otherwise].")
 @click.option("--ip-adapter-variant", type=click.Choice(["base", "plus", "plus-face"]), default="base",
               show_default=True, help="Which h94 SD1.5 adapter: base (4 image tokens), plus or plus-face (16).")
+@click.option("--sparsectrl", default=None, metavar="ID|DIR|tiny",
+              help="SparseCtrl RGB model for shots animated from a keyframe (\"keyframe\": true): a hub id, a local "
+                   "folder or tiny [default: tiny for the tiny preset, guoyww/animatediff-sparsectrl-rgb otherwise].")
 @click.option("--keyframes-only", is_flag=True,
               help="Render each shot's first frame as a picture (OUT/keyframes/<id>.png) and a sheet of them "
                    "(OUT/keyframes.png), not the videos: a preview in seconds (see render/keyframes.py).")
@@ -62,7 +65,7 @@ from storyreel.models.model_options import model_options, model_specification
 @click.option("--schema", is_flag=True, help="Print the storyboard JSON Schema and exit.")
 def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload, characters, planner,
          llm_base_url, llm_model, llm_model_path, deterministic, allow_other_base, ip_adapter, ip_adapter_variant,
-         keyframes_only, sweep_text, quiet, schema, **model_flags):
+         sparsectrl, keyframes_only, sweep_text, quiet, schema, **model_flags):
     """Render STORYBOARD (a storyboard JSON file) shot by shot; rerunning skips unchanged shots."""
     if schema:
         from storyboard import storyboard_json_schema
@@ -85,7 +88,7 @@ def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload
                            planner_options={k: v for k, v in (("base_url", llm_base_url), ("model", llm_model),
                                                               ("model_path", llm_model_path)) if v is not None},
                            deterministic=deterministic, allow_other_base=allow_other_base, ip_adapter=ip_adapter,
-                           ip_adapter_variant=ip_adapter_variant)
+                           ip_adapter_variant=ip_adapter_variant, sparsectrl=sparsectrl)
     if sweep_text is not None:
         _sweep(options, sweep_text)
         return

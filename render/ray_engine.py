@@ -43,13 +43,14 @@ class _RenderActor:
             torch.set_num_threads(max(1, threads))
         self.renderer = ShotRenderer(settings)
 
-    def render(self, shot, segment: Segment, settings_hash: str, consistency=None) -> ShotSidecar:
-        return self.renderer.render(shot, segment, settings_hash, consistency)
+    def render(self, shot, segment: Segment, settings_hash: str, consistency=None, keyframe=None) -> ShotSidecar:
+        return self.renderer.render(shot, segment, settings_hash, consistency, keyframe)
 
 
 def render_on_ray(settings: RenderSettings, jobs: list[tuple], done: Callable[[object, ShotSidecar, float], None],
                   workers: int | None = None) -> None:
-    """Render ``jobs`` (shot, segment, settings hash, retrieval seconds, consistency use or None); call
+    """Render ``jobs`` (shot, segment, settings hash, retrieval seconds, consistency use or None, keyframe use or
+    None); call
     ``done(shot, sidecar, retrieval_s)``
     in the driver as each finishes. A failed shot does not stop the others; the first error is raised at the end."""
     if not jobs:
@@ -66,15 +67,15 @@ def render_on_ray(settings: RenderSettings, jobs: list[tuple], done: Callable[[o
     def submit(actor):
         if pending:
             job = pending.pop(0)
-            shot, segment, settings_hash, _retrieval_s, consistency = job
-            running[actor.render.remote(shot, segment, settings_hash, consistency)] = (actor, job)
+            shot, segment, settings_hash, _retrieval_s, consistency, keyframe = job
+            running[actor.render.remote(shot, segment, settings_hash, consistency, keyframe)] = (actor, job)
 
     for actor in actors:
         submit(actor)
     try:
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
-            actor, (shot, _segment, _hash, retrieval_s, _consistency) = running.pop(ready[0])
+            actor, (shot, _segment, _hash, retrieval_s, _consistency, _keyframe) = running.pop(ready[0])
             try:
                 sidecar = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001  (a shot's failure is reported after the others finish)

@@ -56,6 +56,7 @@ class RenderSettings:
     depth_cache: Path | None = None  # the raw depth cache, shared by a sweep's variants (default: out/cache/depth)
     references: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, pictures): characters with IP-Adapter identity
     ip_adapter: tuple[str, str] | None = None  # (variant, location) of the IP-Adapter for them
+    sparsectrl: str | None = None  # the SparseCtrl model of shots animated from a keyframe
 
 
 @dataclass
@@ -79,6 +80,7 @@ class ShotRenderer:
         self._characters = None
         self._banks = {}  # consistency banks by file (render.consistent_attention.TokenBank)
         self._ip_adapters = None  # render.ip_adapter.ActiveIPAdapters, one slot per character with pictures
+        self._sparse = None  # the SparseCtrl model, loaded for the first keyframe shot
         self._reference_embeddings = {}  # name → (render.ip_adapter.ReferenceEmbedding, its file)
 
     @property
@@ -111,10 +113,11 @@ class ShotRenderer:
             return Path(self.settings.depth_cache) if self.settings.depth_cache is not None else cache / "depth"
         return cache / "depth-deterministic" / self._components.device.type
 
-    def render(self, shot, segment: Segment, settings_hash: str, consistency=None) -> ShotSidecar:
+    def render(self, shot, segment: Segment, settings_hash: str, consistency=None, keyframe=None) -> ShotSidecar:
         """Depth of ``segment`` → structure-guided render → the shot's mp4, gif and preview; returns its sidecar.
         ``consistency`` (a :class:`render.story_consistency.ConsistencyUse`): the consistency banks the shot records
-        and attends to."""
+        and attends to; ``keyframe`` (a :class:`render.keyframes.KeyframeUse`): the picture the shot is animated
+        from (SparseCtrl RGB at frame 0)."""
         from structure.extract import extract_depth
 
         components, estimator = self.load()
@@ -132,9 +135,11 @@ class ShotRenderer:
 
         # 3. structure-guided sampling (with consistent self-attention when the shot shares characters, and the
         # IP-Adapters of its characters with reference pictures)
-        consistency_record, ip_adapter_record = {}, {}
+        consistency_record, ip_adapter_record, keyframe_record = {}, {}, {}
         image_embeds = self._image_embeds(shot, ip_adapter_record)
-        frames, controlnet_calls = self._sample(shot, prompts, depth, consistency, consistency_record, image_embeds)
+        sparse = self._keyframe_condition(keyframe, keyframe_record)
+        frames, controlnet_calls = self._sample(shot, prompts, depth, consistency, consistency_record, image_embeds,
+                                                sparse=sparse, sparse_record=keyframe_record)
         timings["render"] = time.perf_counter() - t0
 
         # 4. write preview, gif, mp4
@@ -158,6 +163,7 @@ class ShotRenderer:
             deterministic=self.settings.deterministic,
             consistency=consistency_record or None,
             ip_adapter=ip_adapter_record or None,
+            keyframe=keyframe_record or None,
         )
 
     def render_keyframe(self, shot, segment: Segment, settings_hash: str, consistency=None) -> dict:
@@ -208,7 +214,8 @@ class ShotRenderer:
         return _Prompts(text=prompt, cond=cond, uncond=uncond, per_step=per_step, characters=characters)
 
     def _sample(self, shot, prompts: _Prompts, depth, consistency=None, consistency_record: dict | None = None,
-                image_embeds=None, keyframe: bool = False) -> tuple[np.ndarray, int]:
+                image_embeds=None, keyframe: bool = False, sparse=None,
+                sparse_record: dict | None = None) -> tuple[np.ndarray, int]:
         """The shot's frames (``T x H x W x 3`` uint8) guided by ``depth``, and how many ControlNet calls it took;
         with ``consistency``, under consistent self-attention, its bank saved and what it did put in
         ``consistency_record``. ``keyframe``: only the first frame, by the image model (:mod:`render.keyframes`)
@@ -236,7 +243,10 @@ class ShotRenderer:
                              num_frames=len(conditioning), height=shot.height, width=shot.width, steps=shot.steps,
                              guidance_scale=shot.guidance, tau=shot.tau, eta=shot.eta, seed=shot.seed,
                              output_type="np", ip_adapter_image_embeds=image_embeds,
+                             sparse_controlnet=None if sparse is None else self._sparse, sparse_condition=sparse,
                              callback=lambda i, t, latents: steps.update(1))
+        if sparse_record is not None and sparse is not None:
+            sparse_record["sparse_calls"] = int(result.sparse_calls)
         frames = np.asarray(result.frames)
         controlnet_calls = int(result.controlnet_calls)
         del result
@@ -292,6 +302,27 @@ class ShotRenderer:
                           "file": str(Path(path).relative_to(self.settings.out)), "bytes": bank.nbytes}
                          for (ref, path, names), bank in zip(use.attends, banks)],
                 key_tokens={layer: list(counts) for layer, counts in sorted(controller.key_tokens.items())})
+
+    def _keyframe_condition(self, keyframe, record: dict):
+        """The SparseCtrl condition of a shot animated from ``keyframe`` (its picture at frame 0), the model loaded
+        on first use; what it used described in ``record``. None without a keyframe."""
+        if keyframe is None:
+            return None
+        from PIL import Image
+
+        from render.sparse_control import SparseCondition, load_sparse_controlnet
+        from storyreel.hashing import file_sha256
+
+        if self._sparse is None:
+            components = self._components
+            self._sparse = load_sparse_controlnet(self.settings.sparsectrl, device=components.device,
+                                                  dtype=components.dtype, components=components)
+        picture = np.array(Image.open(keyframe.path).convert("RGB"))
+        path = Path(keyframe.path)
+        record.update(image=str(path.relative_to(self.settings.out)) if path.is_relative_to(self.settings.out)
+                      else str(path), source=keyframe.source, sha256=file_sha256(path),
+                      sparsectrl=self.settings.sparsectrl, frame_indices=[0])
+        return SparseCondition.keyframe(picture, frame_index=0)
 
     def _image_embeds(self, shot, record: dict):
         """The sampler's IP-Adapter embeddings for ``shot``: each of its characters with pictures at its

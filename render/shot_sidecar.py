@@ -147,6 +147,7 @@ class ShotSidecar:
     deterministic: bool = False  # rendered under render-story --deterministic
     consistency: dict | None = None  # consistent self-attention: the bank recorded and the banks attended to
     ip_adapter: dict | None = None  # IP-Adapter identity: the adapter, and each character's scale and pictures
+    keyframe: dict | None = None  # animated from a keyframe: the picture, its source and SHA-256, the SparseCtrl model
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -72,6 +72,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from render.keyframes import KeyframeUse, keyframe_hash, keyframe_use
 from render.shot_renderer import (
     DETERMINISTIC_CPU_THREADS,
     RenderSettings,
@@ -144,6 +145,7 @@ class StoryOptions:
     depth_cache: Path | None = None  # raw depth cache shared with other renders (default: out/cache/depth)
     ip_adapter: str | None = None  # IP-Adapter weights: hub, tiny, a folder or a .safetensors file (None: preset's)
     ip_adapter_variant: str = "base"  # base, plus or plus-face
+    sparsectrl: str | None = None  # SparseCtrl RGB for keyframe shots: hub id, tiny or a folder (None: preset's)
 
 
 @dataclass
@@ -163,6 +165,9 @@ class StoryPlan:
     consistency: dict[str, ConsistencyUse] = field(default_factory=dict)  # shot id → its banks (story_consistency)
     references: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, pictures) of characters with reference images
     ip_adapter: tuple[str, str] | None = None  # (variant, location) of the IP-Adapter, when a character has pictures
+    keyframe_hashes: dict[str, str] = field(default_factory=dict)  # shot id → its keyframe's hash (render.keyframes)
+    keyframes: dict[str, KeyframeUse] = field(default_factory=dict)  # shots animated from a keyframe
+    sparsectrl: str | None = None  # the SparseCtrl model keyframe shots load
 
     def shot_files(self, shot) -> dict[str, Path]:
         return shot_files(self.out, shot)
@@ -176,7 +181,8 @@ class StoryPlan:
         o = self.options
         return RenderSettings(self.models, self.depth_model, o.device, o.cpu_offload, self.out, o.progress,
                               self.characters, deterministic=o.deterministic, allow_other_base=o.allow_other_base,
-                              depth_cache=o.depth_cache, references=self.references, ip_adapter=self.ip_adapter)
+                              depth_cache=o.depth_cache, references=self.references, ip_adapter=self.ip_adapter,
+                              sparsectrl=self.sparsectrl)
 
 
 # -- preparing ----------------------------------------------------------------------------------------------
@@ -240,7 +246,8 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
     models_key = preset.name if _preset_only(models) else resolved.record()
     pictures, ip_adapter = _reference_pictures(shots, options, preset.name)
     references = reference_shots(shots)  # each shared character's consistency reference shot
-    hashes = {}
+    sparsectrl = _sparsectrl(shots, options, preset.name, out)
+    hashes, keyframe_hashes, keyframes = {}, {}, {}
     for shot in shots:  # in story order: a reference shot's hash is known before the shots attending to it
         extra = {"models": models_key, "depth_model": depth_model, "code_version": CODE_VERSION,
                  "index": index_record["fingerprint"] if shot.clip is None else None}
@@ -252,10 +259,16 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
         if banks:  # only then: an edited reference shot renders its characters' shots again
             extra["consistency_banks"] = [hashes[ref] for ref in banks]
         hashes[shot.id] = story.settings_hash(shot.id, extra=extra, model_defaults=model_defaults)
+        keyframe_hashes[shot.id] = keyframe_hash(hashes[shot.id])  # the picture depends on the shot, not vice versa
+        if shot.keyframe:  # the shot depends on its keyframe's content (edited, replaced or to be generated)
+            keyframes[shot.id] = keyframe_use(out, shot, keyframe_hashes[shot.id])
+            extra["keyframe"] = {"image": keyframes[shot.id].identity, "sparsectrl": sparsectrl}
+            hashes[shot.id] = story.settings_hash(shot.id, extra=extra, model_defaults=model_defaults)
     return StoryPlan(options, story, shots, library, index_record, depth_model, hashes, out,
                      storyboard_sha256=file_sha256(options.storyboard), characters=characters, planned=planned,
                      consistency=consistency_uses(shots, references, hashes, out), references=pictures,
-                     ip_adapter=ip_adapter)
+                     ip_adapter=ip_adapter, keyframe_hashes=keyframe_hashes, keyframes=keyframes,
+                     sparsectrl=sparsectrl)
 
 
 def model_specification_of(models: str | ModelSpecification) -> ModelSpecification:
@@ -340,6 +353,33 @@ def _reference_pictures(shots, options: StoryOptions, preset: str):
             raise StoryInputError(f"--ip-adapter {location}: no such file or folder")
         location = str(path.resolve())
     return tuple(found.items()), (source.variant, location)
+
+
+def _sparsectrl(shots, options: StoryOptions, preset: str, out: Path) -> str | None:
+    """The SparseCtrl model keyframe shots load (None when no shot is animated from a keyframe):
+    ``options.sparsectrl``, else the preset's (``tiny`` for the tiny preset, guoyww/animatediff-sparsectrl-rgb for
+    real models; the toy world trains none, so toy needs the option)."""
+    from render.sparse_control import SPARSECTRL_RGB
+    from storyreel.weights_policy import PICKLE_REFUSAL, is_pickle_checkpoint
+
+    if not any(shot.keyframe for shot in shots):
+        return None
+    spec = options.sparsectrl
+    if spec is None:
+        if preset == presets.TOY:
+            first = next(shot.id for shot in shots if shot.keyframe)
+            raise StoryInputError(f"shot {first!r} is animated from a keyframe, but the toy world trains no "
+                                  "SparseCtrl model: give --sparsectrl tiny (random weights: the code path only) or "
+                                  "real weights with real models")
+        return "tiny" if presets.same_architecture(preset, presets.TINY) else SPARSECTRL_RGB
+    path = Path(spec).expanduser()
+    if is_pickle_checkpoint(path):
+        raise StoryInputError(f"--sparsectrl {spec}: only safetensors are loaded ({PICKLE_REFUSAL})")
+    if spec != "tiny" and (path.exists() or spec.startswith((".", "/", "~"))):
+        if not path.is_dir():
+            raise StoryInputError(f"--sparsectrl {spec}: no such folder (a SparseCtrl model in the diffusers layout)")
+        return str(path.resolve())
+    return spec
 
 
 def _check_characters(shots, models: str) -> tuple[tuple[str, str, str], ...]:
@@ -466,11 +506,9 @@ def render_keyframes(plan: StoryPlan, echo: Callable[[str], None] = print) -> di
 
 
 def _render_keyframes(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
-    from dataclasses import asdict
 
-    from render.keyframes import keyframe_consistency, keyframe_files, keyframe_hash
+    from render.keyframes import keyframe_consistency, keyframe_files
     from render.story_sheet import SheetRow, draw_story_sheet
-    from storyreel.atomic_files import write_json
 
     records, status = {}, {}
     for shot in plan.shots:  # unchanged keyframes: their picture is there and their sidecar has this run's hash
@@ -479,7 +517,9 @@ def _render_keyframes(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
             record = json.loads(files["sidecar"].read_text()) if files["png"].is_file() else None
         except (OSError, ValueError):
             record = None
-        if record is not None and record.get("settings_hash") == keyframe_hash(plan.hashes[shot.id]):
+        use = keyframe_consistency(plan.consistency.get(shot.id))
+        bank_missing = use is not None and use.records is not None and not use.records.is_file()
+        if record is not None and record.get("settings_hash") == plan.keyframe_hashes[shot.id] and not bank_missing:
             records[shot.id], status[shot.id] = record, "skipped"
     shot_sidecars = _unchanged_shots(plan)  # shots already rendered keep their footage
     used = [Segment.from_json(r["segment"]).range for r in records.values()]
@@ -491,11 +531,9 @@ def _render_keyframes(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
         segment = (shot_sidecars[shot.id].segment if shot.id in shot_sidecars
                    else (plan.options.footage or {}).get(shot.id) or choose_segment(plan, shot, avoid=list(used)))
         used.append(segment.range)
-        record = renderer.render_keyframe(shot, segment, keyframe_hash(plan.hashes[shot.id]),
-                                          keyframe_consistency(plan.consistency.get(shot.id)))
-        record.update(segment=asdict(segment), characters={k: asdict(v) for k, v in record["characters"].items()})
-        write_json(keyframe_files(plan.out, shot)["sidecar"], record)
-        records[shot.id], status[shot.id] = record, "rendered"
+        records[shot.id] = make_keyframe(plan, renderer, shot, segment)
+        status[shot.id] = "rendered"
+        record = records[shot.id]
         echo(f"{shot.id}: keyframe in {record['seconds']:.1f} s")
     import numpy as np
     from PIL import Image
@@ -516,6 +554,39 @@ def _render_keyframes(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
                              thumb=160)
     return {"rendered": [s.id for s in plan.shots if status[s.id] == "rendered"],
             "skipped": [s.id for s in plan.shots if status[s.id] == "skipped"], "sheet": str(sheet)}
+
+
+def make_keyframe(plan: StoryPlan, renderer: ShotRenderer, shot, segment: Segment) -> dict:
+    """Render ``shot``'s keyframe (``out/keyframes/<safe_id>.png``) and write its sidecar, with the picture's SHA-256
+    (an edit changes it: the shot animated from it then uses the edited picture as it is)."""
+    from dataclasses import asdict
+
+    from render.keyframes import keyframe_consistency, keyframe_files
+    from storyreel.atomic_files import write_json
+
+    files = keyframe_files(plan.out, shot)
+    record = renderer.render_keyframe(shot, segment, plan.keyframe_hashes[shot.id],
+                                      keyframe_consistency(plan.consistency.get(shot.id)))
+    record.update(segment=asdict(segment), characters={k: asdict(v) for k, v in record["characters"].items()},
+                  png_sha256=file_sha256(files["png"]))
+    write_json(files["sidecar"], record)
+    return record
+
+
+def _make_keyframe_with_banks(plan: StoryPlan, renderer: ShotRenderer, shot, segments: dict, made: set[str],
+                              echo: Callable[[str], None]) -> None:
+    """Make ``shot``'s keyframe, after the keyframes of its consistency references when their keyframe banks are
+    missing (a keyframe attends to the references' keyframe banks, which their keyframes record)."""
+    from render.keyframes import keyframe_consistency
+
+    by_id = {s.id: s for s in plan.shots}
+    use = keyframe_consistency(plan.consistency.get(shot.id))
+    for ref, bank, _ in (use.attends if use is not None else ()):
+        if not bank.is_file() and ref not in made:
+            _make_keyframe_with_banks(plan, renderer, by_id[ref], segments, made, echo)
+    make_keyframe(plan, renderer, shot, segments[shot.id])
+    made.add(shot.id)
+    echo(f"{shot.id}: keyframe rendered (keyframes/{shot.safe_id}.png)")
 
 
 def prepare_sweep(options: StoryOptions, sweep) -> list[StoryPlan]:
@@ -560,11 +631,18 @@ def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
         chosen = (options.footage or {}).get(shot.id)
         segment = chosen if chosen is not None else choose_segment(plan, shot, avoid=list(used))
         used.append(segment.range)
-        jobs.append((shot, segment, plan.hashes[shot.id], time.perf_counter() - t0, plan.consistency.get(shot.id)))
+        jobs.append((shot, segment, plan.hashes[shot.id], time.perf_counter() - t0, plan.consistency.get(shot.id),
+                     plan.keyframes.get(shot.id)))
     renderer = ShotRenderer(plan.render_settings())
     if to_render and options.engine == "local":
         renderer.load()  # a load error fails here, before anything is written
     (out / "shots").mkdir(parents=True, exist_ok=True)
+    segments = {**{shot_id: sidecar.segment for shot_id, sidecar in sidecars.items()},
+                **{job[0].id: job[1] for job in jobs}}
+    made: set[str] = set()
+    for shot, _, _, _, _, keyframe in jobs:  # keyframe shots whose keyframe is still to be made: first
+        if keyframe is not None and keyframe.needs_render:
+            _make_keyframe_with_banks(plan, renderer, shot, segments, made, echo)
 
     with tqdm(disable=not options.progress, dynamic_ncols=True, total=len(plan.shots), initial=len(sidecars),
               desc="story", unit="shot") as bar:
@@ -585,9 +663,9 @@ def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
                 batch = [job for job, record in zip(jobs, records) if record == first]
                 render_on_ray(renderer.settings, batch, done, workers=options.workers)
         else:  # in story order: a character's reference shot comes before the shots attending to its bank
-            for shot, segment, settings_hash, retrieval_s, consistency in jobs:
+            for shot, segment, settings_hash, retrieval_s, consistency, keyframe in jobs:
                 bar.set_postfix_str(shot.id)
-                done(shot, renderer.render(shot, segment, settings_hash, consistency), retrieval_s)
+                done(shot, renderer.render(shot, segment, settings_hash, consistency, keyframe), retrieval_s)
 
     report = _finish(plan, sidecars, status, renderer, time.perf_counter() - started)
     echo(story_table(plan.shots, sidecars, status))

@@ -197,6 +197,8 @@ class Defaults(_Model):
     would need more is passed over for the next match, or refused."""
     consistency: Consistency | None = None
     """Consistent self-attention across the shots of each character (off when left out)."""
+    keyframe: bool = False
+    """Animate every shot from its keyframe (render-story --keyframes-only makes them; SparseCtrl RGB at frame 0)."""
 
     @model_serializer(mode="wrap")
     def _keep_model_defaults_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
@@ -336,6 +338,11 @@ class Shot(_Model):
     """A clip that gives the shot its motion instead of retrieval."""
     consistency: Consistency | None = None
     """The shot's consistent self-attention, replacing the defaults' ({"mode": "off"} turns it off)."""
+    keyframe: bool | None = None
+    """Animate the shot from its keyframe: out/keyframes/<id>.png (made first when missing; edit it to change the
+    shot), or keyframe_image (default: defaults.keyframe)."""
+    keyframe_image: Text | None = None
+    """A picture to animate the shot from, relative to the storyboard's folder (implies keyframe)."""
 
     @model_validator(mode="after")
     def _frames_or_duration(self) -> "Shot":
@@ -491,6 +498,8 @@ class Storyboard(_Model):
         for i, item in shots:
             if item.clip is not None:
                 files.append((json_path(("shots", i, "clip", "path")), self.resolve_path(item.clip.path)))
+            if item.keyframe_image is not None:
+                files.append((json_path(("shots", i, "keyframe_image")), self.resolve_path(item.keyframe_image)))
         return files
 
     def missing_files(self, shot: str | int | None = None) -> list[Problem]:
@@ -631,6 +640,9 @@ class Storyboard(_Model):
                               else defaults.max_speed_change),
             consistency=_resolved_consistency(item.consistency if item.consistency is not None
                                               else defaults.consistency),
+            keyframe=(item.keyframe_image is not None
+                      or (item.keyframe if item.keyframe is not None else defaults.keyframe)),
+            keyframe_image=self.resolve_path(item.keyframe_image) if item.keyframe_image is not None else None,
             sources=sources,
         )
 

@@ -92,7 +92,9 @@ class ShotSettings:
     ``footage_fit`` and ``max_speed_change`` say how the footage fills the shot's duration (see
     :mod:`retrieval.footage`): ``extend``, ``stretch`` or ``pingpong``, and the largest speed change allowed.
     ``consistency`` is the shot's consistent self-attention across shots (:mod:`render.consistent_attention`),
-    None when off.
+    None when off. ``keyframe``: the shot is animated from a keyframe, ``keyframe_image`` (absolute) or its
+    generated ``out/keyframes/<safe_id>.png`` (:mod:`render.keyframes`); neither is in :func:`shot_hash`'s record:
+    the render adds the keyframe's content to the hash.
     """
 
     index: int
@@ -119,6 +121,8 @@ class ShotSettings:
     footage_fit: str = DEFAULT_FOOTAGE_FIT
     max_speed_change: float = DEFAULT_MAX_SPEED_CHANGE
     consistency: ShotConsistency | None = None
+    keyframe: bool = False
+    keyframe_image: Path | None = None
     sources: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @property

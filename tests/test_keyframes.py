@@ -126,3 +126,86 @@ def test_keyframes_only_writes_a_picture_per_shot_and_a_sheet_and_resumes(synthe
     run(edited, "--out", out)
     report = json.loads((out / "report.json").read_text())
     assert [s["segment"]["path"] for s in report["shots"]] == [str(clip)] * 3
+
+
+def test_a_keyframe_shot_is_animated_from_its_keyframe_and_an_edit_renders_it_alone(synthetic_library, tmp_path):
+    from PIL import Image
+
+    clip = sorted(Path(synthetic_library).rglob("*.mp4"))[0]
+    plain_story = storyboard(tmp_path / "plain", clip)
+    run(plain_story, "--out", tmp_path / "plain-out")
+    data = json.loads(plain_story.read_text())
+    data["shots"][1]["keyframe"] = True
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    run(story, "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    run_shot = report["shots"][1]["keyframe"]
+    assert run_shot["source"] == "generated" and run_shot["image"] == "keyframes/run.png"
+    assert run_shot["sparse_calls"] == 3 and run_shot["frame_indices"] == [0]  # SparseCtrl at every step
+    assert report["shots"][0]["keyframe"] is None and not (out / "keyframes" / "meet.png").exists()
+    videos = {name: digest for name, digest in digests_of(out / "shots", "*.mp4").items()}
+    plain = digests_of(tmp_path / "plain-out" / "shots", "*.mp4")
+    assert videos["run.mp4"] != plain["run.mp4"] and videos["meet.mp4"] == plain["meet.mp4"]
+
+    picture = np.asarray(Image.open(out / "keyframes" / "run.png")).copy()
+    picture[:8] = 255  # someone edits the keyframe
+    Image.fromarray(picture).save(out / "keyframes" / "run.png")
+    run(story, "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["rendered"] == ["run"] and report["shots"][1]["keyframe"]["source"] == "edited"
+    assert digests_of(out / "shots", "*.mp4")["run.mp4"] != videos["run.mp4"]
+    assert np.array_equal(np.asarray(Image.open(out / "keyframes" / "run.png")), picture)  # kept as edited
+    run(story, "--out", out)
+    assert json.loads((out / "report.json").read_text())["rendered"] == []
+
+
+def test_a_keyframe_image_in_the_storyboard_is_used_and_checked(synthetic_library, tmp_path):
+    from PIL import Image
+
+    clip = sorted(Path(synthetic_library).rglob("*.mp4"))[0]
+    data = json.loads(storyboard(tmp_path, clip).read_text())
+    picture = tmp_path / "start.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(picture)
+    data["shots"][2]["keyframe_image"] = "start.png"
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps(data))
+    run(story, "--out", tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["shots"][2]["keyframe"]["source"] == "keyframe_image"
+    assert report["shots"][2]["keyframe"]["image"] == str(picture)
+    Image.fromarray(np.full((64, 64, 3), 30, np.uint8)).save(picture)
+    run(story, "--out", tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["rendered"] == ["rest"]
+
+    picture.unlink()
+    result = CliRunner().invoke(main, [str(story), "--out", str(tmp_path / "other"), "--models", "tiny"])
+    assert result.exit_code == 2 and "shots[2].keyframe_image" in result.output
+    picture.write_bytes(b"")
+    result = CliRunner().invoke(main, [str(story), "--out", str(tmp_path / "toy"), "--models", "toy"])
+    assert result.exit_code == 2 and "--sparsectrl tiny" in result.output
+    assert not (tmp_path / "other").exists() and not (tmp_path / "toy").exists()
+
+
+def digests_of(folder: Path, pattern: str) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob(pattern))}
+
+
+def test_a_keyframe_attending_to_a_reference_makes_the_reference_keyframe_first(synthetic_library, tmp_path):
+    """With consistent self-attention, a keyframe attends to its references' keyframe banks: animating the last shot
+    from its keyframe makes the reference shot's keyframe (and bank) first."""
+    clip = sorted(Path(synthetic_library).rglob("*.mp4"))[0]
+    data = json.loads(storyboard(tmp_path, clip).read_text())
+    data["defaults"]["consistency"] = {"rate": 0.5, "until": 0.6}
+    data["shots"][2]["keyframe"] = True
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps(data))
+    run(story, "--out", tmp_path / "out")
+    keyframes = sorted(p.name for p in (tmp_path / "out" / "keyframes").glob("*.png"))
+    assert keyframes == ["meet.png", "rest.png"]  # the reference's keyframe, then the animated shot's
+    banks = sorted(p.name.split(".")[0] + "." + p.name.split(".")[2]
+                   for p in (tmp_path / "out" / "cache" / "consistency").glob("*.safetensors"))
+    assert banks == ["meet.keyframe", "meet.safetensors"]
+    rest = json.loads((tmp_path / "out" / "keyframes" / "rest.json").read_text())
+    assert rest["consistency"]["attends"][0]["file"].endswith(".keyframe.safetensors")
