@@ -313,16 +313,54 @@ class ShotRenderer:
         from render.sparse_control import SparseCondition, load_sparse_controlnet
         from storyreel.hashing import file_sha256
 
-        if self._sparse is None:
-            components = self._components
-            self._sparse = load_sparse_controlnet(self.settings.sparsectrl, device=components.device,
-                                                  dtype=components.dtype, components=components)
+        self._sparse_model(load_sparse_controlnet)
         picture = np.array(Image.open(keyframe.path).convert("RGB"))
         path = Path(keyframe.path)
         record.update(image=str(path.relative_to(self.settings.out)) if path.is_relative_to(self.settings.out)
                       else str(path), source=keyframe.source, sha256=file_sha256(path),
                       sparsectrl=self.settings.sparsectrl, frame_indices=[0])
         return SparseCondition.keyframe(picture, frame_index=0)
+
+    def _sparse_model(self, load_sparse_controlnet):
+        if self._sparse is None:
+            components = self._components
+            self._sparse = load_sparse_controlnet(self.settings.sparsectrl, device=components.device,
+                                                  dtype=components.dtype, components=components)
+        return self._sparse
+
+    def render_transition(self, before, after, boundary) -> dict:
+        """A generated transition (:mod:`render.transitions`): ``boundary.frames`` frames conditioned through
+        SparseCtrl on ``before``'s last frame (frame 0) and ``after``'s first (the last frame), with ``after``'s
+        prompt, characters, steps and guidance and no depth; writes its mp4 and returns its sidecar record."""
+        from render.sampler import StructureGuidedSampler
+        from render.sparse_control import SparseCondition, load_sparse_controlnet
+        from render.transitions import transition_seed
+        from storyreel.models.schedulers import preset_scheduler
+        from storyreel.video_files import read_video, write_mp4
+
+        self.load()
+        began = time.perf_counter()
+        first = read_video(shot_files(self.settings.out, before)["mp4"])[0][-1]
+        last = read_video(shot_files(self.settings.out, after)["mp4"])[0][0]
+        prompts = self._encode_prompts(after)
+        ip_adapter_record = {}
+        image_embeds = self._image_embeds(after, ip_adapter_record)
+        condition = SparseCondition.transition(first, last)
+        sampler = StructureGuidedSampler(self._components, scheduler=preset_scheduler(self._components.preset,
+                                                                                      after.scheduler))
+        seed = transition_seed(before.seed, after.seed)
+        result = sampler(prompt_embeds=prompts.cond, negative_prompt_embeds=prompts.uncond,
+                         prompt_embeds_for_step=prompts.per_step, conditioning=None, num_frames=boundary.frames,
+                         height=after.height, width=after.width, steps=after.steps, guidance_scale=after.guidance,
+                         eta=after.eta, seed=seed, output_type="np", ip_adapter_image_embeds=image_embeds,
+                         sparse_controlnet=self._sparse_model(load_sparse_controlnet), sparse_condition=condition)
+        boundary.mp4.parent.mkdir(parents=True, exist_ok=True)
+        write_mp4(np.asarray(result.frames), boundary.mp4, after.fps)
+        return {"settings_hash": boundary.settings_hash, "from": before.id, "to": after.id,
+                "frames": boundary.frames, "seconds_long": boundary.seconds, "prompt": prompts.text, "seed": seed,
+                "steps": after.steps, "guidance": after.guidance, "sparsectrl": self.settings.sparsectrl,
+                "sparse_calls": int(result.sparse_calls), "frame_indices": [0, boundary.frames - 1],
+                "ip_adapter": ip_adapter_record or None, "seconds": round(time.perf_counter() - began, 3)}
 
     def _image_embeds(self, shot, record: dict):
         """The sampler's IP-Adapter embeddings for ``shot``: each of its characters with pictures at its

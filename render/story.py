@@ -92,6 +92,7 @@ from render.story_report import (
     story_table,
     write_story_video,
 )
+from render.transitions import story_boundaries
 from storyreel.errors import StoryreelError
 from storyreel.hashing import file_sha256
 from storyreel.models import presets
@@ -356,19 +357,22 @@ def _reference_pictures(shots, options: StoryOptions, preset: str):
 
 
 def _sparsectrl(shots, options: StoryOptions, preset: str, out: Path) -> str | None:
-    """The SparseCtrl model keyframe shots load (None when no shot is animated from a keyframe):
+    """The SparseCtrl model keyframe shots and generated transitions load (None when there are none):
     ``options.sparsectrl``, else the preset's (``tiny`` for the tiny preset, guoyww/animatediff-sparsectrl-rgb for
     real models; the toy world trains none, so toy needs the option)."""
     from render.sparse_control import SPARSECTRL_RGB
     from storyreel.weights_policy import PICKLE_REFUSAL, is_pickle_checkpoint
 
-    if not any(shot.keyframe for shot in shots):
+    generated = [shot.id for shot in shots[:-1] if shot.transition == "generate"]
+    if not any(shot.keyframe for shot in shots) and not generated:
         return None
     spec = options.sparsectrl
     if spec is None:
         if preset == presets.TOY:
-            first = next(shot.id for shot in shots if shot.keyframe)
-            raise StoryInputError(f"shot {first!r} is animated from a keyframe, but the toy world trains no "
+            first = next((shot.id for shot in shots if shot.keyframe), None)
+            what = (f"shot {first!r} is animated from a keyframe" if first is not None
+                    else f"shot {generated[0]!r} has a generated transition")
+            raise StoryInputError(f"{what}, but the toy world trains no "
                                   "SparseCtrl model: give --sparsectrl tiny (random weights: the code path only) or "
                                   "real weights with real models")
         return "tiny" if presets.same_architecture(preset, presets.TINY) else SPARSECTRL_RGB
@@ -667,7 +671,9 @@ def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
                 bar.set_postfix_str(shot.id)
                 done(shot, renderer.render(shot, segment, settings_hash, consistency, keyframe), retrieval_s)
 
-    report = _finish(plan, sidecars, status, renderer, time.perf_counter() - started)
+    boundaries = story_boundaries(plan.shots, plan.hashes, out, options.crossfade, plan.sparsectrl)
+    transitions = _make_transitions(plan, boundaries, renderer, echo)
+    report = _finish(plan, sidecars, status, renderer, time.perf_counter() - started, boundaries, transitions)
     echo(story_table(plan.shots, sidecars, status))
     return report.to_json()
 
@@ -686,11 +692,33 @@ def _unchanged_shots(plan: StoryPlan) -> dict[str, ShotSidecar]:
     return found
 
 
+def _make_transitions(plan: StoryPlan, boundaries, renderer: ShotRenderer, echo) -> dict[str, str]:
+    """Render the generated transitions that are missing or out of date (:mod:`render.transitions`); their status
+    by ``"<from>--<to>"``."""
+    from render.transitions import GENERATE, is_current
+    from storyreel.atomic_files import write_json
+
+    by_id = {shot.id: shot for shot in plan.shots}
+    status = {}
+    for boundary in boundaries:
+        if boundary.kind != GENERATE:
+            continue
+        key = f"{boundary.before}--{boundary.after}"
+        if is_current(boundary):
+            status[key] = "skipped"
+            continue
+        record = renderer.render_transition(by_id[boundary.before], by_id[boundary.after], boundary)
+        write_json(boundary.sidecar, record)  # after the mp4: the sidecar always describes a finished transition
+        status[key] = "rendered"
+        echo(f"transition {key}: {boundary.frames} frames in {record['seconds']:.1f} s")
+    return status
+
+
 def _finish(plan: StoryPlan, sidecars: dict[str, ShotSidecar], status: dict[str, str], renderer: ShotRenderer,
-            seconds: float) -> StoryReport:
-    """story.mp4 and storyboard.png from every shot, then report.json."""
+            seconds: float, boundaries=(), transitions: dict | None = None) -> StoryReport:
+    """story.mp4 and storyboard.png from every shot (and the transitions between them), then report.json."""
     video = write_story_video(plan.out, plan.shots, sidecars, plan.options.crossfade,
-                              title=getattr(plan.storyboard, "title", None))
+                              title=getattr(plan.storyboard, "title", None), boundaries=boundaries)
     components = renderer.components  # None when nothing was rendered here (all skipped, or on Ray workers)
     preset = plan.models.preset_name()
     report = StoryReport(
@@ -714,6 +742,7 @@ def _finish(plan: StoryPlan, sidecars: dict[str, ShotSidecar], status: dict[str,
         skipped=[s.id for s in plan.shots if status.get(s.id) == "skipped"],
         seconds=round(seconds, 3),
         shots=report_shots(plan.out, plan.shots, sidecars, status),
+        transitions=[b.record(plan.out, (transitions or {}).get(f"{b.before}--{b.after}")) for b in boundaries],
     )
     report.write(plan.out / "report.json")
     return report

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +103,7 @@ class StoryReport:
     deterministic: dict | None = None  # the deterministic settings of a --deterministic run, else None
     allow_other_base: bool = False  # --allow-other-base: characters trained on other base weights rendered
     sweep: dict | None = None  # a --sweep variant: {"name", "value"} set for every shot over the storyboard's own
+    transitions: list[dict] = field(default_factory=list)  # how each shot goes into the next (render.transitions)
 
     @property
     def characters_on_other_base(self) -> list[str]:
@@ -128,6 +129,7 @@ class StoryReport:
             "skipped": list(self.skipped),
             "seconds": self.seconds,
             "shots": [shot.to_json() for shot in self.shots],
+            "transitions": list(self.transitions),
         }
 
     @classmethod
@@ -139,7 +141,8 @@ class StoryReport:
                    rendered=data["rendered"], skipped=data["skipped"], seconds=data["seconds"],
                    shots=[ReportShot.from_json(shot) for shot in data["shots"]],
                    report_version=data["report_version"], deterministic=data.get("deterministic"),
-                   allow_other_base=data.get("allow_other_base", False), sweep=data.get("sweep"))
+                   allow_other_base=data.get("allow_other_base", False), sweep=data.get("sweep"),
+                   transitions=data.get("transitions", []))
 
     @classmethod
     def read(cls, path: Path) -> StoryReport:
@@ -158,11 +161,12 @@ def report_shots(out: Path, shots: Sequence, sidecars: dict[str, ShotSidecar],
 
 
 def write_story_video(out: Path, shots: Sequence, sidecars: dict[str, ShotSidecar], crossfade: float,
-                      title: str | None) -> StoryVideo:
-    """story.mp4 (the shots' mp4s joined, with ``crossfade`` seconds between them) and storyboard.png (a row per
-    shot: its retrieved frames, their depth and its rendered frames, from the shot's preview and mp4)."""
+                      title: str | None, boundaries: Sequence = ()) -> StoryVideo:
+    """story.mp4 (the shots' mp4s joined, with ``crossfade`` seconds between them, or as ``boundaries`` say: a
+    :class:`render.transitions.Boundary` per pair, a generated transition's mp4 put between) and storyboard.png (a
+    row per shot: its retrieved frames, their depth and its rendered frames, from the shot's preview and mp4)."""
     from render.story_sheet import draw_story_sheet
-    from storyreel.video_files import join_shots, read_video, write_mp4
+    from storyreel.video_files import join_shots, join_story, read_video, write_mp4
 
     shot_frames, rows = [], []
     for shot in shots:
@@ -170,7 +174,11 @@ def write_story_video(out: Path, shots: Sequence, sidecars: dict[str, ShotSideca
         shot_frames.append(frames)
         rows.append(sheet_row(out, shot, sidecars[shot.id], frames))
     fps = shots[0].fps
-    story = join_shots(shot_frames, fps, crossfade)
+    if boundaries:
+        joins = [read_video(b.mp4)[0] if b.kind == "generate" else b.seconds for b in boundaries]
+        story = join_story(shot_frames, fps, joins)
+    else:
+        story = join_shots(shot_frames, fps, crossfade)
     write_mp4(story, out / "story.mp4", fps)
     draw_story_sheet(rows, out / "storyboard.png", title=title)
     return StoryVideo(path="story.mp4", frames=int(len(story)), fps=fps)

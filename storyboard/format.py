@@ -121,6 +121,8 @@ FootageFit = Literal[FOOTAGE_FITS]
 SpeedChange = Annotated[float, Field(ge=1, le=8)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Scheduler = Literal[SCHEDULER_NAMES]
+Transition = Literal["cut", "crossfade", "generate"]
+TransitionSeconds = Annotated[float, Field(gt=0, le=10)]
 
 
 def _check_name(name: str) -> str:
@@ -199,6 +201,11 @@ class Defaults(_Model):
     """Consistent self-attention across the shots of each character (off when left out)."""
     keyframe: bool = False
     """Animate every shot from its keyframe (render-story --keyframes-only makes them; SparseCtrl RGB at frame 0)."""
+    transition: Transition | None = None
+    """How each shot goes into the next: "cut", "crossfade" or "generate" (a clip made between the last frame of
+    one shot and the first of the next); left out: render-story --crossfade decides."""
+    transition_seconds: TransitionSeconds = 1.0
+    """The length of a crossfade or of a generated transition, in seconds."""
 
     @model_serializer(mode="wrap")
     def _keep_model_defaults_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
@@ -343,6 +350,10 @@ class Shot(_Model):
     shot), or keyframe_image (default: defaults.keyframe)."""
     keyframe_image: Text | None = None
     """A picture to animate the shot from, relative to the storyboard's folder (implies keyframe)."""
+    transition: Transition | None = None
+    """How this shot goes into the next one (default: defaults.transition); ignored on the last shot."""
+    transition_seconds: TransitionSeconds | None = None
+    """The length of this shot's transition into the next, in seconds (default: defaults.transition_seconds)."""
 
     @model_validator(mode="after")
     def _frames_or_duration(self) -> "Shot":
@@ -643,6 +654,9 @@ class Storyboard(_Model):
             keyframe=(item.keyframe_image is not None
                       or (item.keyframe if item.keyframe is not None else defaults.keyframe)),
             keyframe_image=self.resolve_path(item.keyframe_image) if item.keyframe_image is not None else None,
+            transition=item.transition if item.transition is not None else defaults.transition,
+            transition_seconds=(item.transition_seconds if item.transition_seconds is not None
+                                else defaults.transition_seconds),
             sources=sources,
         )
 

@@ -94,7 +94,9 @@ class ShotSettings:
     ``consistency`` is the shot's consistent self-attention across shots (:mod:`render.consistent_attention`),
     None when off. ``keyframe``: the shot is animated from a keyframe, ``keyframe_image`` (absolute) or its
     generated ``out/keyframes/<safe_id>.png`` (:mod:`render.keyframes`); neither is in :func:`shot_hash`'s record:
-    the render adds the keyframe's content to the hash.
+    the render adds the keyframe's content to the hash. ``transition`` (``cut``, ``crossfade``, ``generate``; None:
+    the render's ``--crossfade``) and ``transition_seconds`` say how the shot goes into the next; they do not
+    change the shot's frames and are not in its hash.
     """
 
     index: int
@@ -123,6 +125,8 @@ class ShotSettings:
     consistency: ShotConsistency | None = None
     keyframe: bool = False
     keyframe_image: Path | None = None
+    transition: str | None = None
+    transition_seconds: float = 1.0
     sources: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @property

@@ -103,15 +103,28 @@ def join_shots(shots: Sequence[np.ndarray], fps: float, crossfade: float = 0.0) 
     A crossfade of ``n`` frames overlaps the last ``n`` frames of a shot with the first ``n`` of the next
     (``n`` at most the shorter shot's length minus one), so the story is ``sum(T) - n * (shots - 1)`` long.
     """
-    if not shots:
-        raise ValueError("no shots to join")
     if crossfade < 0:
         raise ValueError(f"crossfade must be 0 or more seconds, got {crossfade!r}")
+    return join_story(shots, fps, [crossfade] * max(0, len(shots) - 1))
+
+
+def join_story(shots: Sequence[np.ndarray], fps: float, boundaries: Sequence[float | np.ndarray]) -> np.ndarray:
+    """Join shots (resized to the first one's size) with one boundary between each two: a number of seconds
+    crossfaded as :func:`join_shots` does (0: a cut), or a transition clip (frames) put between them."""
+    if not shots:
+        raise ValueError("no shots to join")
+    if len(boundaries) != len(shots) - 1:
+        raise ValueError(f"{len(boundaries)} boundaries for {len(shots)} shots")
     size = (shots[0].shape[2], shots[0].shape[1])
     clips = [_resize(_check_frames(s), size) for s in shots]
     story = clips[0]
-    for clip in clips[1:]:
-        n = min(round(crossfade * fps), len(story) - 1, len(clip) - 1)
+    for clip, boundary in zip(clips[1:], boundaries):
+        if isinstance(boundary, np.ndarray):
+            story = np.concatenate([story, _resize(_check_frames(boundary), size), clip])
+            continue
+        if boundary < 0:
+            raise ValueError(f"crossfade must be 0 or more seconds, got {boundary!r}")
+        n = min(round(boundary * fps), len(story) - 1, len(clip) - 1)
         if n <= 0:
             story = np.concatenate([story, clip])
             continue

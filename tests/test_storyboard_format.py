@@ -250,7 +250,7 @@ def test_json_schema_describes_the_format():
     shot = schema["$defs"]["Shot"]["properties"]
     assert {"id", "text", "characters", "motion_query", "caption", "negative_prompt", "analysis", "frames",
             "duration", "seed", "tau", "eta", "depth_range", "footage_fit", "max_speed_change", "clip",
-            "consistency", "keyframe", "keyframe_image"} == set(shot)
+            "consistency", "keyframe", "keyframe_image", "transition", "transition_seconds"} == set(shot)
     assert {"minimum": 0, "maximum": 1} in [{k: b[k] for k in ("minimum", "maximum") if k in b}
                                              for b in shot["tau"]["anyOf"]]
     defaults = schema["$defs"]["Defaults"]["properties"]
@@ -309,7 +309,8 @@ MALFORMED = [
     ("top-field-typo", lambda d: d.update(charcters={}), "charcters: unknown field; did you mean 'characters'?"),
     ("defaults-unknown-field", lambda d: d.update(defaults={"sampler": "ddim"}),
      "defaults.sampler: unknown field; allowed fields are consistency, depth_range, eta, footage_fit, fps, frames, "
-     "guidance, height, keyframe, max_speed_change, negative_prompt, scheduler, seed, steps, tau, width"),
+     "guidance, height, keyframe, max_speed_change, negative_prompt, scheduler, seed, steps, tau, transition, "
+     "transition_seconds, width"),
     ("token-format", lambda d: d["characters"]["hare"].update(token="hare"),
      "characters.hare.token: must look like <name>: letters, digits, '_' or '-' in angle brackets, got 'hare'"),
     ("token-space", lambda d: d["characters"]["hare"].update(token="<the hare>"),
