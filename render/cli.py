@@ -54,6 +54,12 @@ from storyreel.models.model_options import model_options, model_specification
 @click.option("--sparsectrl", default=None, metavar="ID|DIR|tiny",
               help="SparseCtrl RGB model for shots animated from a keyframe (\"keyframe\": true): a hub id, a local "
                    "folder or tiny [default: tiny for the tiny preset, guoyww/animatediff-sparsectrl-rgb otherwise].")
+@click.option("--animator", type=click.Choice(["sparsectrl", "i2vgen-xl"]), default="sparsectrl", show_default=True,
+              help="What animates shots with \"keyframe\": true: SparseCtrl RGB with the depth ControlNet, or "
+                   "diffusers' I2VGen-XL (EpicDiffusion's choice; no depth guidance), for comparison.")
+@click.option("--i2vgen", default=None, metavar="ID|DIR|tiny",
+              help="I2VGen-XL for --animator i2vgen-xl [default: tiny for the tiny preset, ali-vilab/i2vgen-xl "
+                   "otherwise].")
 @click.option("--keyframes-only", is_flag=True,
               help="Render each shot's first frame as a picture (OUT/keyframes/<id>.png) and a sheet of them "
                    "(OUT/keyframes.png), not the videos: a preview in seconds (see render/keyframes.py).")
@@ -65,7 +71,7 @@ from storyreel.models.model_options import model_options, model_specification
 @click.option("--schema", is_flag=True, help="Print the storyboard JSON Schema and exit.")
 def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload, characters, planner,
          llm_base_url, llm_model, llm_model_path, deterministic, allow_other_base, ip_adapter, ip_adapter_variant,
-         sparsectrl, keyframes_only, sweep_text, quiet, schema, **model_flags):
+         sparsectrl, animator, i2vgen, keyframes_only, sweep_text, quiet, schema, **model_flags):
     """Render STORYBOARD (a storyboard JSON file) shot by shot; rerunning skips unchanged shots."""
     if schema:
         from storyboard import storyboard_json_schema
@@ -88,7 +94,8 @@ def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload
                            planner_options={k: v for k, v in (("base_url", llm_base_url), ("model", llm_model),
                                                               ("model_path", llm_model_path)) if v is not None},
                            deterministic=deterministic, allow_other_base=allow_other_base, ip_adapter=ip_adapter,
-                           ip_adapter_variant=ip_adapter_variant, sparsectrl=sparsectrl)
+                           ip_adapter_variant=ip_adapter_variant, sparsectrl=sparsectrl, animator=animator,
+                           i2vgen=i2vgen)
     if sweep_text is not None:
         _sweep(options, sweep_text)
         return

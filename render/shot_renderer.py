@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -57,6 +58,7 @@ class RenderSettings:
     references: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, pictures): characters with IP-Adapter identity
     ip_adapter: tuple[str, str] | None = None  # (variant, location) of the IP-Adapter for them
     sparsectrl: str | None = None  # the SparseCtrl model of shots animated from a keyframe
+    i2vgen: str | None = None  # --animator i2vgen-xl: the I2VGen-XL pipeline that animates keyframe shots instead
 
 
 @dataclass
@@ -81,6 +83,7 @@ class ShotRenderer:
         self._banks = {}  # consistency banks by file (render.consistent_attention.TokenBank)
         self._ip_adapters = None  # render.ip_adapter.ActiveIPAdapters, one slot per character with pictures
         self._sparse = None  # the SparseCtrl model, loaded for the first keyframe shot
+        self._i2vgen = None  # the I2VGen-XL pipeline, loaded for the first keyframe shot under --animator i2vgen-xl
         self._reference_embeddings = {}  # name → (render.ip_adapter.ReferenceEmbedding, its file)
 
     @property
@@ -136,10 +139,13 @@ class ShotRenderer:
         # 3. structure-guided sampling (with consistent self-attention when the shot shares characters, and the
         # IP-Adapters of its characters with reference pictures)
         consistency_record, ip_adapter_record, keyframe_record = {}, {}, {}
-        image_embeds = self._image_embeds(shot, ip_adapter_record)
-        sparse = self._keyframe_condition(keyframe, keyframe_record)
-        frames, controlnet_calls = self._sample(shot, prompts, depth, consistency, consistency_record, image_embeds,
-                                                sparse=sparse, sparse_record=keyframe_record)
+        if keyframe is not None and self.settings.i2vgen is not None:  # --animator i2vgen-xl: no depth, no sampler
+            frames, controlnet_calls = self._animate_with_i2vgen(shot, keyframe, keyframe_record), 0
+        else:
+            image_embeds = self._image_embeds(shot, ip_adapter_record)
+            sparse = self._keyframe_condition(keyframe, keyframe_record)
+            frames, controlnet_calls = self._sample(shot, prompts, depth, consistency, consistency_record,
+                                                    image_embeds, sparse=sparse, sparse_record=keyframe_record)
         timings["render"] = time.perf_counter() - t0
 
         # 4. write preview, gif, mp4
@@ -320,6 +326,32 @@ class ShotRenderer:
                       else str(path), source=keyframe.source, sha256=file_sha256(path),
                       sparsectrl=self.settings.sparsectrl, frame_indices=[0])
         return SparseCondition.keyframe(picture, frame_index=0)
+
+    def _animate_with_i2vgen(self, shot, keyframe, record: dict) -> np.ndarray:
+        """The shot by diffusers' I2VGen-XL from its keyframe (EpicDiffusion's animator; no depth guidance, no
+        characters' LoRA or TimeInv: its prompt is the caption without weights, tokens as class words)."""
+        from PIL import Image
+
+        from render.i2vgen_animator import animate_keyframe, load_i2vgen
+        from render.i2vgen_animator import record as i2vgen_record
+        from storyboard.caption_weights import parse_caption
+        from storyreel.hashing import file_sha256
+
+        if self._i2vgen is None:
+            self._i2vgen = load_i2vgen(self.settings.i2vgen, device=self._components.device,
+                                       dtype=self._components.dtype)
+        prompt = " ".join(piece for piece, _ in parse_caption(with_style(shot.prompt, shot.style)))
+        for character in shot.characters:  # "<hare> rabbit" → "rabbit", "<hare>" alone → "rabbit"
+            prompt = re.sub(rf"{re.escape(character.token)}\s+(?={re.escape(character.class_word)}\b)", "", prompt)
+            prompt = prompt.replace(character.token, character.class_word)
+        picture = np.array(Image.open(keyframe.path).convert("RGB"))
+        frames = animate_keyframe(self._i2vgen, picture, prompt, shot.negative_prompt, shot.frames, shot.height,
+                                  shot.width, shot.steps, shot.guidance, shot.seed, shot.fps, eta=shot.eta)
+        path = Path(keyframe.path)
+        record.update(image=str(path.relative_to(self.settings.out)) if path.is_relative_to(self.settings.out)
+                      else str(path), source=keyframe.source, sha256=file_sha256(path), prompt=prompt,
+                      **i2vgen_record(self.settings.i2vgen, self._i2vgen))
+        return frames
 
     def _sparse_model(self, load_sparse_controlnet):
         if self._sparse is None:

@@ -147,6 +147,8 @@ class StoryOptions:
     ip_adapter: str | None = None  # IP-Adapter weights: hub, tiny, a folder or a .safetensors file (None: preset's)
     ip_adapter_variant: str = "base"  # base, plus or plus-face
     sparsectrl: str | None = None  # SparseCtrl RGB for keyframe shots: hub id, tiny or a folder (None: preset's)
+    animator: str = "sparsectrl"  # what animates keyframe shots: sparsectrl (with depth) or i2vgen-xl (without)
+    i2vgen: str | None = None  # I2VGen-XL for --animator i2vgen-xl: hub id, tiny or a folder (None: preset's)
 
 
 @dataclass
@@ -169,6 +171,7 @@ class StoryPlan:
     keyframe_hashes: dict[str, str] = field(default_factory=dict)  # shot id → its keyframe's hash (render.keyframes)
     keyframes: dict[str, KeyframeUse] = field(default_factory=dict)  # shots animated from a keyframe
     sparsectrl: str | None = None  # the SparseCtrl model keyframe shots load
+    i2vgen: str | None = None  # the I2VGen-XL pipeline keyframe shots load under --animator i2vgen-xl
 
     def shot_files(self, shot) -> dict[str, Path]:
         return shot_files(self.out, shot)
@@ -183,7 +186,7 @@ class StoryPlan:
         return RenderSettings(self.models, self.depth_model, o.device, o.cpu_offload, self.out, o.progress,
                               self.characters, deterministic=o.deterministic, allow_other_base=o.allow_other_base,
                               depth_cache=o.depth_cache, references=self.references, ip_adapter=self.ip_adapter,
-                              sparsectrl=self.sparsectrl)
+                              sparsectrl=self.sparsectrl, i2vgen=self.i2vgen)
 
 
 # -- preparing ----------------------------------------------------------------------------------------------
@@ -248,6 +251,7 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
     pictures, ip_adapter = _reference_pictures(shots, options, preset.name)
     references = reference_shots(shots)  # each shared character's consistency reference shot
     sparsectrl = _sparsectrl(shots, options, preset.name, out)
+    i2vgen = _i2vgen(shots, options, preset.name)
     hashes, keyframe_hashes, keyframes = {}, {}, {}
     for shot in shots:  # in story order: a reference shot's hash is known before the shots attending to it
         extra = {"models": models_key, "depth_model": depth_model, "code_version": CODE_VERSION,
@@ -263,13 +267,15 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
         keyframe_hashes[shot.id] = keyframe_hash(hashes[shot.id])  # the picture depends on the shot, not vice versa
         if shot.keyframe:  # the shot depends on its keyframe's content (edited, replaced or to be generated)
             keyframes[shot.id] = keyframe_use(out, shot, keyframe_hashes[shot.id])
-            extra["keyframe"] = {"image": keyframes[shot.id].identity, "sparsectrl": sparsectrl}
+            extra["keyframe"] = ({"image": keyframes[shot.id].identity, "sparsectrl": sparsectrl} if i2vgen is None
+                                 else {"image": keyframes[shot.id].identity, "animator": "i2vgen-xl",
+                                       "i2vgen": i2vgen})
             hashes[shot.id] = story.settings_hash(shot.id, extra=extra, model_defaults=model_defaults)
     return StoryPlan(options, story, shots, library, index_record, depth_model, hashes, out,
                      storyboard_sha256=file_sha256(options.storyboard), characters=characters, planned=planned,
                      consistency=consistency_uses(shots, references, hashes, out), references=pictures,
                      ip_adapter=ip_adapter, keyframe_hashes=keyframe_hashes, keyframes=keyframes,
-                     sparsectrl=sparsectrl)
+                     sparsectrl=sparsectrl, i2vgen=i2vgen)
 
 
 def model_specification_of(models: str | ModelSpecification) -> ModelSpecification:
@@ -361,7 +367,6 @@ def _sparsectrl(shots, options: StoryOptions, preset: str, out: Path) -> str | N
     ``options.sparsectrl``, else the preset's (``tiny`` for the tiny preset, guoyww/animatediff-sparsectrl-rgb for
     real models; the toy world trains none, so toy needs the option)."""
     from render.sparse_control import SPARSECTRL_RGB
-    from storyreel.weights_policy import PICKLE_REFUSAL, is_pickle_checkpoint
 
     generated = [shot.id for shot in shots[:-1] if shot.transition == "generate"]
     if not any(shot.keyframe for shot in shots) and not generated:
@@ -376,12 +381,41 @@ def _sparsectrl(shots, options: StoryOptions, preset: str, out: Path) -> str | N
                                   "SparseCtrl model: give --sparsectrl tiny (random weights: the code path only) or "
                                   "real weights with real models")
         return "tiny" if presets.same_architecture(preset, presets.TINY) else SPARSECTRL_RGB
+    return _folder_or_id("--sparsectrl", spec, "a SparseCtrl model")
+
+
+def _i2vgen(shots, options: StoryOptions, preset: str) -> str | None:
+    """``--animator i2vgen-xl``: the I2VGen-XL pipeline that animates keyframe shots instead of SparseCtrl (no depth
+    guidance; EpicDiffusion's choice, for comparison): ``options.i2vgen``, else the preset's (``tiny`` for the tiny
+    preset, ali-vilab/i2vgen-xl for real models; none for toy). None with the default animator."""
+    if options.animator not in ("sparsectrl", "i2vgen-xl"):
+        raise StoryInputError(f"--animator {options.animator}: use sparsectrl or i2vgen-xl")
+    if options.animator != "i2vgen-xl":
+        return None
+    if not any(shot.keyframe for shot in shots):
+        raise StoryInputError("--animator i2vgen-xl animates keyframe shots, and no shot has \"keyframe\": true")
+    from render.i2vgen_animator import I2VGEN_XL
+
+    spec = options.i2vgen
+    if spec is None:
+        if preset == presets.TOY:
+            raise StoryInputError("the toy world trains no I2VGen-XL: give --i2vgen tiny (random weights: the code "
+                                  "path only) or real weights with real models")
+        return "tiny" if presets.same_architecture(preset, presets.TINY) else I2VGEN_XL
+    return _folder_or_id("--i2vgen", spec, "an I2VGen-XL pipeline")
+
+
+def _folder_or_id(flag: str, spec: str, what: str) -> str:
+    """A model given on the command line: ``tiny``, a hub id, or a local folder (made absolute); a pickle file, or a
+    path that is not a folder, is an input error."""
+    from storyreel.weights_policy import PICKLE_REFUSAL, is_pickle_checkpoint
+
     path = Path(spec).expanduser()
     if is_pickle_checkpoint(path):
-        raise StoryInputError(f"--sparsectrl {spec}: only safetensors are loaded ({PICKLE_REFUSAL})")
+        raise StoryInputError(f"{flag} {spec}: only safetensors are loaded ({PICKLE_REFUSAL})")
     if spec != "tiny" and (path.exists() or spec.startswith((".", "/", "~"))):
         if not path.is_dir():
-            raise StoryInputError(f"--sparsectrl {spec}: no such folder (a SparseCtrl model in the diffusers layout)")
+            raise StoryInputError(f"{flag} {spec}: no such folder ({what} in the diffusers layout)")
         return str(path.resolve())
     return spec
 

@@ -209,3 +209,36 @@ def test_a_keyframe_attending_to_a_reference_makes_the_reference_keyframe_first(
     assert banks == ["meet.keyframe", "meet.safetensors"]
     rest = json.loads((tmp_path / "out" / "keyframes" / "rest.json").read_text())
     assert rest["consistency"]["attends"][0]["file"].endswith(".keyframe.safetensors")
+
+
+def test_the_i2vgen_animator_animates_keyframe_shots_without_depth(synthetic_library, tmp_path):
+    """--animator i2vgen-xl: the keyframe shot is made by diffusers' I2VGen-XL (tiny), the others as before; switching
+    animators renders the keyframe shots alone again."""
+    clip = sorted(Path(synthetic_library).rglob("*.mp4"))[0]
+    data = json.loads(storyboard(tmp_path, clip).read_text())
+    data["shots"][1]["keyframe"] = True
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    run(story, "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    assert "sparse_calls" in report["shots"][1]["keyframe"]
+    run(story, "--out", out, "--animator", "i2vgen-xl")
+    report = json.loads((out / "report.json").read_text())
+    assert report["rendered"] == ["run"]
+    used = report["shots"][1]["keyframe"]
+    assert used["animator"] == "i2vgen-xl" and used["depth_guidance"] is False and used["model"] == "tiny (seed 0)"
+    assert used["prompt"].startswith("rabbit running") and report["shots"][1]["controlnet_calls"] == 0
+    assert read_frames(out / "shots" / "run.mp4").shape == (8, 64, 64, 3)
+
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(json.loads(storyboard(tmp_path / "p", clip).read_text())))
+    result = CliRunner().invoke(main, [str(plain), "--out", str(tmp_path / "none"), "--models", "tiny",
+                                       "--animator", "i2vgen-xl"])
+    assert result.exit_code == 2 and "no shot has" in result.output
+
+
+def read_frames(path: Path) -> np.ndarray:
+    from storyreel.video_files import read_video
+
+    return read_video(path)[0]
