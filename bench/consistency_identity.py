@@ -5,7 +5,12 @@ Renders one toy story, Zuri (the toy world's pink hare) in three shots, four way
 * ``token``: Zuri's trained TimeInv + LoRA file and its token in the captions (the method's identity path);
 * ``token+csa``: the same with consistent self-attention (``consistency``: rate 0.5, until 0.6, 2 bank frames);
 * ``class word``: no character file, the captions say "a pink hare" (no identity mechanism at all);
-* ``class word+csa``: the same with consistent self-attention.
+* ``class word+csa``: the same with consistent self-attention;
+* with ``--ip-adapter SCALE`` (repeatable): ``token+ip SCALE`` and ``class word+ip SCALE``, the same two stories
+  with Zuri's five reference pictures as ``reference_images`` at ``ip_adapter_scale`` SCALE through the toy
+  IP-Adapter (``--ip-adapter toy``, trained on the toy world: toy_world/train_ip_adapter.py). ``--no-csa``
+  leaves the consistent self-attention rows out; ``--reference keyframes`` takes the bank from the reference
+  shot's keyframe instead of its video.
 
 Every variant plays the same footage (retrieved once) and seeds. For each it measures, with the toy CLIP as the
 judge (the toy preset's metric model; the tiny DINO of ``evaluate-story --models toy`` has random weights):
@@ -17,6 +22,7 @@ judge (the toy preset's metric model; the tiny DINO of ``evaluate-story --models
 Run (from the repository root, after ``make demo`` has built demo-out/toy-index and demo-out/zuri-references)::
 
     .venv/bin/python bench/consistency_identity.py
+    .venv/bin/python bench/consistency_identity.py --no-csa --ip-adapter 0.5 --ip-adapter 1.0
 """
 
 from __future__ import annotations
@@ -41,12 +47,15 @@ SHOTS = [("challenge", "a hare jumping", "a {zuri} jumping in a meadow"),
          ("wave", "a hare waving", "a {zuri} waving at night")]
 
 
-def storyboard(folder: Path, token: bool, consistency: bool) -> Path:
+def storyboard(folder: Path, token: bool, consistency: bool, ip_scale: float | None = None,
+               references: Path | None = None) -> Path:
     data = json.loads(FABLE.read_text())
     zuri = data["characters"]["zuri"]
     zuri["embedding"] = str((FABLE.parent / zuri["embedding"]).resolve())
     if not token:
         del zuri["embedding"]
+    if ip_scale is not None:
+        zuri.update(reference_images=str(Path(references).resolve()), ip_adapter_scale=ip_scale)
     name = "<zuri> hare" if token else "pink hare"
     data["shots"] = [{"id": shot, "text": caption.format(zuri=name), "characters": ["zuri"], "motion_query": query,
                       "caption": caption.format(zuri=name)} for shot, query, caption in SHOTS]
@@ -66,8 +75,13 @@ def storyboard(folder: Path, token: bool, consistency: bool) -> Path:
 @click.option("--rate", type=float, default=CONSISTENCY["rate"], show_default=True)
 @click.option("--until", type=float, default=CONSISTENCY["until"], show_default=True)
 @click.option("--bank-frames", type=int, default=CONSISTENCY["bank_frames"], show_default=True)
+@click.option("--reference", type=click.Choice(["first_shot", "keyframes"]), default="first_shot", show_default=True,
+              help="Where the consistency bank comes from: the reference shot's video, or its keyframe.")
+@click.option("--ip-adapter", "ip_scales", type=float, multiple=True, metavar="SCALE",
+              help="Also render token and class word with the toy IP-Adapter at this ip_adapter_scale (repeatable).")
+@click.option("--csa/--no-csa", default=True, show_default=True, help="Include the consistent self-attention rows.")
 @click.option("--record", type=click.Path(path_type=Path), default=None, help="Also write the figures as JSON here.")
-def main(index, references, threads, rate, until, bank_frames, record):
+def main(index, references, threads, rate, until, bank_frames, reference, ip_scales, csa, record):
     import torch
 
     from evaluation.identity import across_shots, reference_similarity
@@ -77,7 +91,7 @@ def main(index, references, threads, rate, until, bank_frames, record):
     from storyreel.video_files import read_video
 
     torch.set_num_threads(threads)
-    CONSISTENCY.update(rate=rate, until=until, bank_frames=bank_frames)
+    CONSISTENCY.update(rate=rate, until=until, bank_frames=bank_frames, reference=reference)
     clip = load_clip_model("toy", device="cpu")
     from PIL import Image
 
@@ -86,13 +100,16 @@ def main(index, references, threads, rate, until, bank_frames, record):
     figures, footage = {}, None
     with tempfile.TemporaryDirectory() as folder:
         for token in (True, False):
-            for consistency in (False, True):
-                name = ("token" if token else "class word") + ("+csa" if consistency else "")
-                story = storyboard(Path(folder) / name.replace(" ", "_"), token, consistency)
+            for consistency, ip_scale in [(False, None), *([(True, None)] if csa else []),
+                                          *((False, scale) for scale in ip_scales)]:
+                name = ("token" if token else "class word") + ("+csa" if consistency else "") + (
+                    f"+ip {ip_scale:g}" if ip_scale is not None else "")
+                story = storyboard(Path(folder) / name.replace(" ", "_"), token, consistency, ip_scale, references)
                 began = time.perf_counter()
                 plan = prepare_story(StoryOptions(story, Path(folder) / name.replace(" ", "_") / "out", index=index,
                                                   models="toy", progress=False, footage=footage,
-                                                  depth_cache=Path(folder) / "depth"))
+                                                  depth_cache=Path(folder) / "depth",
+                                                  ip_adapter="toy" if ip_scale is not None else None))
                 report = render_story(plan, echo=lambda text: None)
                 seconds = time.perf_counter() - began
                 if footage is None:
@@ -106,13 +123,17 @@ def main(index, references, threads, rate, until, bank_frames, record):
                     "clip_i": float(np.mean([reference_similarity(reference_features, f)
                                              for f in features.values()])),
                     "seconds": round(seconds, 1)}
-                print(f"{name:16s} across shots {figures[name]['across_shots']:.4f}   CLIP-I "
+                print(f"{name:20s} across shots {figures[name]['across_shots']:.4f}   CLIP-I "
                       f"{figures[name]['clip_i']:.4f}   ({seconds:.0f} s)", flush=True)
     for base in ("token", "class word"):
-        gain = figures[f"{base}+csa"]["across_shots"] - figures[base]["across_shots"]
-        print(f"{base}: consistent self-attention changes across-shot similarity by {gain:+.4f}")
+        for extra, what in [*([("+csa", "consistent self-attention")] if csa else []),
+                            *((f"+ip {scale:g}", f"the IP-Adapter at {scale:g}") for scale in ip_scales)]:
+            gain = figures[f"{base}{extra}"]["across_shots"] - figures[base]["across_shots"]
+            clip_i = figures[f"{base}{extra}"]["clip_i"] - figures[base]["clip_i"]
+            print(f"{base}: {what} changes across-shot similarity by {gain:+.4f}, CLIP-I by {clip_i:+.4f}")
     if record is not None:
-        Path(record).write_text(json.dumps({"consistency": CONSISTENCY, "figures": figures}, indent=1))
+        Path(record).write_text(json.dumps({"consistency": CONSISTENCY, "ip_adapter_scales": list(ip_scales),
+                                            "figures": figures}, indent=1))
 
 
 if __name__ == "__main__":

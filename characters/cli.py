@@ -19,7 +19,7 @@ import click
 
 from characters.lora_targets import DEFAULT_LORA_TARGETS
 from characters.training_job import TrainCharacterJob
-from storyreel.command_line import FloatRange, IntRange, command, quiet_option
+from storyreel.command_line import FloatRange, IntRange, command, offline_option, quiet_option
 from storyreel.models.model_options import model_options
 
 
@@ -31,6 +31,7 @@ def _note(text: str) -> None:
 
 
 @command("train-character")
+@offline_option()
 @click.option("--images", type=click.Path(path_type=Path), required=True,
               help="Folder of 3-20 reference images of the character (any size >= --resolution, any mode).")
 @click.option("--name", required=True, help="Character name (letters, digits, '_' or '-'): the LoRA adapter's name.")
@@ -118,6 +119,12 @@ def run(job: TrainCharacterJob) -> None:
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
 
+    from storyreel.hub_access import ensure_available
+    from storyreel.models.hub_models import depth_models, render_models
+
+    # offline: every missing model named at once, before any loads
+    ensure_available(render_models(job.model_specification().validate(), depth=False)
+                     + depth_models(job.depth_model_spec()))
     device = job.torch_device()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.mixed_precision, torch.float32)
     components = load_render_components(job.model_specification(), device=device, dtype=dtype)

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from evaluation.metric_models import METRIC_PRESET_NAMES, METRIC_PRESETS, check_video_features, metric_preset
-from storyreel.command_line import command, fail, named_paths, quiet_option
+from storyreel.command_line import command, fail, named_paths, offline_option, quiet_option
 
 AUTO = "auto"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -36,6 +36,7 @@ def real_video_files(folder: Path) -> list[Path]:
 
 
 @command("evaluate-story")
+@offline_option()
 @click.argument("outs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="OUT [OUT ...]")
 @click.option("--against", multiple=True, type=click.Path(path_type=Path), metavar="OTHER_OUT",
               help="Another render-story output folder to evaluate and put side by side with OUT; repeatable.")

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from storyreel.errors import ModelLoadError, first_line
+from storyreel.hub_access import offline_requested
 from storyreel.weights_policy import PICKLE_REFUSAL, is_pickle_checkpoint
 
 TINY = "tiny"
@@ -83,6 +84,31 @@ class MetricModelSet:
 
     def record(self) -> dict:
         return asdict(self)
+
+    def hub_models(self) -> list:
+        """The hub repositories these metric models load (:class:`storyreel.hub_access.HubModel`): the CLIP's
+        safetensors file, the DINO's timm repository, the classifier's and FVD extractor's (an I3D is a local
+        file). Models built in code and local folders or files need nothing."""
+        from storyreel.hub_access import HubModel
+        from storyreel.models.hub_models import TRANSFORMERS_WEIGHTS, clip_models
+
+        models = clip_models(self.clip)
+        if _names_hub_model(self.dino, timm_name=True):
+            models.append(HubModel(f"timm/{self.dino}", f"DINO {self.dino}", None,
+                                   ("config.json", "model.safetensors")))
+        for role, name in (("action classifier", self.action), ("FVD video features", self.video_features)):
+            if name not in (TINY, ZERO_SHOT, CLIP_FRAMES) and not is_i3d(name) and _names_hub_model(name):
+                models.append(HubModel(name, role, None, ("config.json", TRANSFORMERS_WEIGHTS)))
+        return models
+
+
+def _names_hub_model(name: str, timm_name: bool = False) -> bool:
+    """A hub id (``ORG/NAME``; for timm a model name such as ``vit_small_patch16_224.dino``), not a local path."""
+    if name == TINY or not name or name.startswith((".", "/", "~")) or Path(name).expanduser().exists():
+        return False
+    if timm_name:
+        return "/" not in name and not Path(name).suffix.lower() == ".safetensors"
+    return name.count("/") == 1
 
 
 METRIC_PRESETS = {
@@ -364,11 +390,12 @@ def load_video_classifier(name: str, device: torch.device) -> VideoClassifier:
     from transformers import AutoImageProcessor, AutoModelForVideoClassification
 
     try:
-        model = AutoModelForVideoClassification.from_pretrained(name, use_safetensors=True)
+        model = AutoModelForVideoClassification.from_pretrained(name, use_safetensors=True,
+                                                                local_files_only=offline_requested())
     except Exception as exc:  # the hub client's and transformers' errors: say which model and how to get it
         raise ModelLoadError(f"{_offline_hint('video classifier', name)} ({first_line(exc)})") from exc
     try:
-        processor = AutoImageProcessor.from_pretrained(name)
+        processor = AutoImageProcessor.from_pretrained(name, local_files_only=offline_requested())
         mean, std = processor.image_mean, processor.image_std
     except Exception:  # noqa: BLE001 - no processor config: the ImageNet statistics every Kinetics model uses
         mean, std = IMAGENET_MEAN, IMAGENET_STD

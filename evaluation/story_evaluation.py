@@ -54,12 +54,25 @@ class LoadedModels:
     choice: MetricModelSet
     device: object
     labels: list[str] = field(default_factory=list)  # the zero-shot classifier's classes
+    depth_models: list[str] = field(default_factory=list)  # the stories' depth models (structure fidelity)
     _loaded: dict = field(default_factory=dict)
 
     def _get(self, key: str, build: Callable[[], object]):
         if key not in self._loaded:
+            if not self._loaded:  # the first model to load: every hub model checked at once (offline: all named)
+                self.check_available()
             self._loaded[key] = build()
         return self._loaded[key]
+
+    def check_available(self) -> None:
+        """Every hub model the evaluation may load, from the local cache or the hub asked once
+        (:func:`storyreel.hub_access.ensure_available`); a run whose shots all come from the cache loads none
+        and checks none."""
+        from storyreel.hub_access import ensure_available
+        from storyreel.models.hub_models import depth_models
+
+        ensure_available(self.choice.hub_models() + [model for name in self.depth_models
+                                                     for model in depth_models(name)])
 
     @property
     def clip(self):
@@ -294,6 +307,8 @@ class StoryEvaluator:
         from tqdm import tqdm
 
         labels = sorted({shot.label for shot in story.shots if shot.label})
+        if story.depth_model not in self.models.depth_models:
+            self.models.depth_models.append(story.depth_model)
         shots, arrays = {}, {}
         for shot in tqdm(story.shots, desc=f"evaluate {story.out.name}", unit="shot", disable=not self.progress,
                          dynamic_ncols=True, leave=False):

@@ -8,13 +8,14 @@ from pathlib import Path
 import click
 
 from index_builder.segmenter import SegmentSettings
-from storyreel.command_line import IntRange, command, quiet_option
+from storyreel.command_line import IntRange, command, offline_option, quiet_option
 from storyreel.models import presets
 
 DEFAULT_MODELS = presets.DEFAULT_PRESET
 
 
 @command("build-index")
+@offline_option()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Index folder to write (or resume).")
 @click.option("--kinetics-csv", type=click.Path(path_type=Path),

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import click
 
-from storyreel.command_line import command, named_paths, quiet_option
+from storyreel.command_line import command, named_paths, offline_option, quiet_option
 from storyreel.models.model_options import model_options, model_specification
 
 
 @command("render-story")
+@offline_option()
 @click.argument("storyboard", required=False, type=click.Path(path_type=Path))
 @click.option("--index", type=click.Path(path_type=Path), default=None,
               help="Index folder (from `build-index`); needed unless every shot has a clip override.")
@@ -45,15 +46,18 @@ from storyreel.models.model_options import model_options, model_specification
 @click.option("--allow-other-base", is_flag=True,
               help="Render characters trained on other base weights than the loaded ones (refused otherwise); "
                    "report.json records which.")
-@click.option("--ip-adapter", "ip_adapter", default=None, metavar="hub|tiny|DIR|FILE.safetensors",
+@click.option("--ip-adapter", "ip_adapter", default=None, metavar="hub|tiny|toy|DIR|FILE.safetensors",
               help="IP-Adapter weights for characters with reference_images: hub (h94/IP-Adapter), tiny (random "
-                   "weights), a local copy of the hub's folder, or one .safetensors file [default: tiny for the "
-                   "tiny preset, hub otherwise].")
+                   "weights), toy (trained on the toy world, for --models toy; base only), a local copy of the "
+                   "hub's folder, or one .safetensors file [default: tiny for the tiny preset, toy for the toy "
+                   "preset, hub otherwise].")
 @click.option("--ip-adapter-variant", type=click.Choice(["base", "plus", "plus-face"]), default="base",
               show_default=True, help="Which h94 SD1.5 adapter: base (4 image tokens), plus or plus-face (16).")
-@click.option("--sparsectrl", default=None, metavar="ID|DIR|tiny",
-              help="SparseCtrl RGB model for shots animated from a keyframe (\"keyframe\": true): a hub id, a local "
-                   "folder or tiny [default: tiny for the tiny preset, guoyww/animatediff-sparsectrl-rgb otherwise].")
+@click.option("--sparsectrl", default=None, metavar="ID|DIR|tiny|toy",
+              help="SparseCtrl RGB model for shots animated from a keyframe (\"keyframe\": true) and generated "
+                   "transitions: a hub id, a local folder, tiny (random weights) or toy (trained on the toy world, "
+                   "for --models toy) [default: tiny for the tiny preset, toy for the toy preset, "
+                   "guoyww/animatediff-sparsectrl-rgb otherwise].")
 @click.option("--animator", type=click.Choice(["sparsectrl", "i2vgen-xl"]), default="sparsectrl", show_default=True,
               help="What animates shots with \"keyframe\": true: SparseCtrl RGB with the depth ControlNet, or "
                    "diffusers' I2VGen-XL (EpicDiffusion's choice; no depth guidance), for comparison.")

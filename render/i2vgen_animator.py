@@ -42,11 +42,13 @@ import numpy as np
 import torch
 
 from storyreel.errors import ModelLoadError, first_line
+from storyreel.hub_access import HubModel, ensure_available, offline_requested
+from storyreel.models import presets
 from storyreel.models.architectures import TINY_VAE_CONFIG
 from storyreel.seeding import seeded
 from storyreel.weights_policy import PICKLE_REFUSAL, PICKLE_SUFFIXES, is_pickle_checkpoint
 
-I2VGEN_XL = "ali-vilab/i2vgen-xl"
+I2VGEN_XL = presets.I2VGEN_XL_ID
 TINY_I2VGEN_SEED = 0
 ANIMATOR_NAME = "i2vgen-xl"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -202,8 +204,17 @@ def build_tiny_i2vgen(seed: int = TINY_I2VGEN_SEED):
 
 # -- loading --------------------------------------------------------------------------------------------------
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return offline_requested()
+
+
+def hub_models(spec: str | os.PathLike) -> list[HubModel]:
+    """The hub repository ``spec`` names and the files it needs (none for ``tiny`` or a local folder)."""
+    text = os.fspath(spec)
+    if text == "tiny" or text.startswith((".", "/", "~")) or Path(text).expanduser().exists() or text.count("/") != 1:
+        return []
+    from storyreel.models.hub_models import i2vgen_model
+
+    return [i2vgen_model(text)]
 
 
 def load_i2vgen(spec: str | os.PathLike = I2VGEN_XL, device: torch.device | str | None = None,
@@ -254,9 +265,11 @@ def _load_pretrained(spec: str, dtype: torch.dtype, variant: str | None):
     if not _HUB_ID.match(spec) or spec.startswith((".", "~")):
         raise ModelLoadError(f"cannot load the I2VGen-XL model: no such folder '{path}' (give a local folder in the "
                              f"diffusers layout, a hub id such as {I2VGEN_XL}, or 'tiny')")
+    ensure_available(hub_models(spec))  # from the cache, or the hub asked once: offline is known at once
     try:
         with _quiet_deprecation():
-            return I2VGenXLPipeline.from_pretrained(spec, dtype=dtype, use_safetensors=True, variant=variant)
+            return I2VGenXLPipeline.from_pretrained(spec, dtype=dtype, use_safetensors=True, variant=variant,
+                                                    local_files_only=_offline())
     except Exception as exc:
         reason = first_line(exc)
         if _offline():

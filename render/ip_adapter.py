@@ -63,11 +63,12 @@ import torch
 from storyreel.atomic_files import atomic_path
 from storyreel.errors import ModelLoadError, StoryreelError, first_line
 from storyreel.hashing import file_sha256, weights_fingerprint
+from storyreel.models import presets
 from storyreel.seeding import seeded
 from storyreel.weights_policy import PICKLE_REFUSAL, is_pickle_checkpoint
 
-HUB_ID = "h94/IP-Adapter"
-HUB_SUBFOLDER = "models"
+HUB_ID = presets.IP_ADAPTER_ID
+HUB_SUBFOLDER = presets.IP_ADAPTER_FOLDER
 IMAGE_ENCODER_FOLDER = "image_encoder"  # inside the weights' folder: models/image_encoder on the hub
 EMBEDDING_FORMAT = "storyreel-ip-adapter-reference"
 EMBEDDING_VERSION = "1"
@@ -77,6 +78,9 @@ TINY_VISION_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "projection_di
                       "num_attention_heads": 4, "image_size": TINY_IMAGE_SIZE, "patch_size": 8}
 TINY_RESAMPLER = {"hidden_dims": 32, "heads": 1, "num_queries": 4, "depth": 4, "ffn_ratio": 4}
 RESAMPLER_DIM_HEAD = 64  # diffusers reads the Resampler's heads as to_q rows // 64
+# the toy IP-Adapter (toy_world/train_ip_adapter.py), relative to storyreel/models/toy_weights
+TOY_ADAPTER_FILE = "ip_adapter/ip-adapter_toy.safetensors"
+TOY_ENCODER_FOLDER = "ip_adapter/image_encoder"
 
 
 @dataclass(frozen=True)
@@ -91,11 +95,11 @@ class IPAdapterVariant:
 
 
 VARIANTS = {
-    "base": IPAdapterVariant("base", "ip-adapter_sd15.safetensors", False, 4,
+    "base": IPAdapterVariant("base", presets.IP_ADAPTER_FILES["base"], False, 4,
                              "global image embedding, 4 tokens: style and overall look"),
-    "plus": IPAdapterVariant("plus", "ip-adapter-plus_sd15.safetensors", True, 16,
+    "plus": IPAdapterVariant("plus", presets.IP_ADAPTER_FILES["plus"], True, 16,
                              "Resampler over patch features, 16 tokens: closer to the reference"),
-    "plus-face": IPAdapterVariant("plus-face", "ip-adapter-plus-face_sd15.safetensors", True, 16,
+    "plus-face": IPAdapterVariant("plus-face", presets.IP_ADAPTER_FILES["plus-face"], True, 16,
                                   "plus trained on cropped faces: a face reference"),
 }
 
@@ -143,7 +147,7 @@ class IPAdapterSource:
     @property
     def kind(self) -> str:
         """``hub``, ``tiny``, ``file`` (a weights file) or ``folder``."""
-        if self.location in ("hub", "tiny"):
+        if self.location in ("hub", "tiny", "toy"):
             return self.location
         path = Path(self.location).expanduser()
         return "file" if path.suffix.lower() == ".safetensors" or is_pickle_checkpoint(path) or path.is_file() \
@@ -155,6 +159,8 @@ class IPAdapterSource:
                                                                                  else "")
         if self.kind == "tiny":
             return f"tiny {self.variant} (seed {self.seed})"
+        if self.kind == "toy":
+            return f"the toy IP-Adapter (storyreel/models/toy_weights/{TOY_ADAPTER_FILE})"
         return str(self.location)
 
     def record(self) -> dict:
@@ -243,6 +249,8 @@ def load_ip_adapter(source: IPAdapterSource | str, unet=None, device: str | torc
         if unet is None:
             raise IPAdapterLoadError("a tiny IP-Adapter is sized for a UNet: pass unet=components.unet")
         adapter = tiny_ip_adapter(unet, source.variant, source.seed)
+    elif source.kind == "toy":
+        adapter = toy_ip_adapter(source)
     else:
         weights, encoder_location, encoder_kwargs, encoder_id = _resolve_files(source)
         state_dict = read_ip_adapter_file(weights, source)
@@ -459,6 +467,31 @@ def tiny_ip_adapter(unet, variant: str = "base", seed: int = TINY_SEED) -> IPAda
     encoder = tiny_image_encoder(seed)
     return IPAdapter(IPAdapterSource(variant, "tiny", seed=seed), tiny_ip_adapter_state_dict(unet, variant, seed),
                      encoder, image_processor_for(encoder), f"tiny:seed={seed}")
+
+
+def toy_ip_adapter(source: IPAdapterSource | None = None, folder: str | os.PathLike | None = None) -> IPAdapter:
+    """The toy IP-Adapter trained on the toy world for the toy render model (``base`` only; toy_world/
+    train_ip_adapter.py): its files in ``folder`` (default ``storyreel/models/toy_weights``), each checked against
+    the toy weights' manifest (:class:`storyreel.models.toy_weights.ToyWeightsError` for a changed file)."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from storyreel.models.toy_weights import TOY_WEIGHTS_DIR, verified_file, verified_folder
+
+    source = source or IPAdapterSource("base", "toy")
+    if source.variant != "base":
+        raise IPAdapterLoadError(f"the toy IP-Adapter is a base adapter; there is no toy '{source.variant}' (use "
+                                 "--ip-adapter-variant base)")
+    folder = Path(folder) if folder is not None else TOY_WEIGHTS_DIR
+    weights = verified_file(TOY_ADAPTER_FILE, folder)
+    encoder_folder = verified_folder(TOY_ENCODER_FOLDER, folder)
+    state_dict = read_ip_adapter_file(weights, source)
+    try:
+        encoder = CLIPVisionModelWithProjection.from_pretrained(str(encoder_folder), use_safetensors=True,
+                                                                local_files_only=True).float().eval()
+    except Exception as exc:
+        raise IPAdapterLoadError(f"cannot load the toy IP-Adapter's image encoder '{encoder_folder}': "
+                                 f"{first_line(exc)}") from exc
+    return IPAdapter(source, state_dict, encoder, image_processor_for(encoder), f"toy:{file_sha256(weights)[:16]}")
 
 
 # -- installing on the UNet ------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 KEYFRAME_VERSION = 1
@@ -106,14 +106,10 @@ def keyframe_hash(shot_hash: str) -> str:
     return hashlib.sha256(f"storyreel-keyframe:{KEYFRAME_VERSION}:{shot_hash}".encode()).hexdigest()
 
 
-def keyframe_consistency(use):
-    """A shot's :class:`render.story_consistency.ConsistencyUse` for its keyframe: the same references, with the
-    keyframes' own bank files (a keyframe's bank holds one frame's tokens, a shot's several)."""
-    if use is None:
-        return None
+def keyframe_consistencies(shots, references: dict[str, str], hashes: dict[str, str], out: Path) -> dict:
+    """Each shot's :class:`render.story_consistency.ConsistencyUse` for its keyframe: the same references, with the
+    keyframes' own bank files (a keyframe's bank holds one frame's tokens, a shot's several); a reference keyframe
+    always records its bank."""
+    from render.story_consistency import consistency_uses
 
-    def own(path: Path) -> Path:
-        return path.with_name(path.name.removesuffix(".safetensors") + ".keyframe.safetensors")
-
-    return replace(use, records=None if use.records is None else own(use.records),
-                   attends=tuple((ref, own(path), names) for ref, path, names in use.attends))
+    return consistency_uses(shots, references, hashes, out, for_keyframes=True)

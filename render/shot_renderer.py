@@ -60,6 +60,22 @@ class RenderSettings:
     sparsectrl: str | None = None  # the SparseCtrl model of shots animated from a keyframe
     i2vgen: str | None = None  # --animator i2vgen-xl: the I2VGen-XL pipeline that animates keyframe shots instead
 
+    def hub_models(self) -> list:
+        """The hub repositories (:class:`storyreel.hub_access.HubModel`) these settings load: render components,
+        depth model, and the IP-Adapter, SparseCtrl and I2VGen-XL models when the story uses them."""
+        from render.i2vgen_animator import hub_models as i2vgen_models
+        from render.sparse_control import hub_models as sparsectrl_models
+        from storyreel.models.hub_models import depth_models, ip_adapter_model, render_models
+
+        models = render_models(self.models.resolve(), depth=False) + depth_models(self.depth_model)
+        if self.references and self.ip_adapter is not None and self.ip_adapter[1] == "hub":
+            models.append(ip_adapter_model(self.ip_adapter[0]))
+        if self.sparsectrl is not None:
+            models += sparsectrl_models(self.sparsectrl)
+        if self.i2vgen is not None:
+            models += i2vgen_models(self.i2vgen)
+        return models
+
 
 @dataclass
 class _Prompts:
@@ -92,10 +108,12 @@ class ShotRenderer:
 
     def load(self):
         if self._components is None:
+            from storyreel.hub_access import ensure_available
             from storyreel.models.loading import load_render_components
             from structure.depth_models import load_depth_model
 
             s = self.settings
+            ensure_available(s.hub_models())  # offline: every missing model named at once, before any loads
             components = load_render_components(s.models, device=s.device)
             if s.cpu_offload:
                 components.enable_model_cpu_offload()

@@ -34,7 +34,8 @@ does.
 
 :func:`build_tiny_sparse_controlnet` builds a toy-size RGB SparseCtrl that fits a model's UNet (seeded, its zero
 convolutions perturbed so that the conditioning changes the output), for tests; :func:`load_sparse_controlnet`
-loads ``tiny``, a hub id or a local diffusers folder, safetensors only.
+loads ``tiny``, ``toy`` (trained on the toy world, verified by sha256), a hub id or a local diffusers folder,
+safetensors only.
 """
 
 from __future__ import annotations
@@ -51,13 +52,17 @@ import torch
 import torch.nn.functional as F
 
 from storyreel.errors import ModelLoadError, first_line
+from storyreel.hub_access import HubModel, ensure_available, offline_requested
+from storyreel.models import presets
+from storyreel.models.hub_models import sparsectrl_model
 from storyreel.seeding import seeded
 from storyreel.weights_policy import PICKLE_REFUSAL, PICKLE_SUFFIXES, is_pickle_checkpoint
 
-SPARSECTRL_RGB = "guoyww/animatediff-sparsectrl-rgb"
+SPARSECTRL_RGB = presets.SPARSECTRL_RGB_ID
 TINY_SPARSE_SEED = 0
 ENCODE_MODES = ("sample", "mean")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TOY_FOLDER = "sparse_control"  # the toy SparseCtrl (toy_world/train_sparse_control.py), in storyreel/models/toy_weights
 
 # How the tiny SparseCtrl's zero-initialised layers are perturbed (variance-preserving normal weights x gain).
 CONDITIONING_GAIN = 1.0
@@ -306,8 +311,16 @@ def _perturb(conv: torch.nn.Conv2d, gain: float) -> None:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return offline_requested()
+
+
+def hub_models(spec: str | os.PathLike) -> list[HubModel]:
+    """The hub repository ``spec`` names and the files it needs (none for ``tiny``, ``toy`` or a local folder)."""
+    text = os.fspath(spec)
+    if text in ("tiny", "toy") or text.startswith((".", "/", "~")) or Path(text).expanduser().exists() or \
+            text.count("/") != 1:
+        return []
+    return [sparsectrl_model(text)]
 
 
 def load_sparse_controlnet(spec: str | os.PathLike, device: torch.device | str | None = None,
@@ -315,14 +328,17 @@ def load_sparse_controlnet(spec: str | os.PathLike, device: torch.device | str |
     """A ``SparseControlNetModel`` in eval mode on ``device`` (default: the components' device, else the CPU).
 
     ``spec``: ``"tiny"`` (:func:`build_tiny_sparse_controlnet` for ``components``, or for the tiny preset's UNet),
-    a hub id (``guoyww/animatediff-sparsectrl-rgb``) or a local folder in the diffusers layout (``config.json`` +
+    ``"toy"`` (:func:`toy_sparse_controlnet`, the toy render model's, trained on the toy world), a hub id
+    (``guoyww/animatediff-sparsectrl-rgb``) or a local folder in the diffusers layout (``config.json`` +
     ``diffusion_pytorch_model.safetensors``). Only safetensors are loaded; raises
     :class:`storyreel.errors.ModelLoadError`, naming the source and what to do instead.
     """
     if device is None:
         device = components.device if components is not None else torch.device("cpu")
     text = os.fspath(spec)
-    if text == "tiny":
+    if text == "toy":
+        model = toy_sparse_controlnet(dtype=dtype)
+    elif text == "tiny":
         if components is None:
             from storyreel.models.architectures import build_tiny_components
 
@@ -335,6 +351,23 @@ def load_sparse_controlnet(spec: str | os.PathLike, device: torch.device | str |
 
     with quiet_dtype_warning():
         return model.to(device=device, dtype=dtype).eval()
+
+
+def toy_sparse_controlnet(folder: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32):
+    """The toy SparseCtrl RGB model trained on the toy world for the toy render model (toy_world/
+    train_sparse_control.py): ``TOY_FOLDER`` of ``folder`` (default ``storyreel/models/toy_weights``), every file
+    checked against the toy weights' manifest (:class:`storyreel.models.toy_weights.ToyWeightsError` for a changed,
+    missing or unlisted file)."""
+    from diffusers import SparseControlNetModel
+
+    from storyreel.models.toy_weights import TOY_WEIGHTS_DIR, verified_folder
+
+    checked = verified_folder(TOY_FOLDER, Path(folder) if folder is not None else TOY_WEIGHTS_DIR)
+    try:
+        return SparseControlNetModel.from_pretrained(str(checked), use_safetensors=True, torch_dtype=dtype,
+                                                     local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the toy SparseCtrl model from '{checked}': {first_line(exc)}") from exc
 
 
 @dataclass
@@ -366,8 +399,10 @@ def _load_pretrained(spec: str, dtype: torch.dtype):
     if not _HUB_ID.match(spec) or spec.startswith((".", "~")):
         raise ModelLoadError(f"cannot load the SparseCtrl model: no such folder '{path}' (give a local folder in the "
                              f"diffusers layout, a hub id such as {SPARSECTRL_RGB}, or 'tiny')")
+    ensure_available(hub_models(spec))  # from the cache, or the hub asked once: offline is known at once
     try:
-        return SparseControlNetModel.from_pretrained(spec, use_safetensors=True, torch_dtype=dtype)
+        return SparseControlNetModel.from_pretrained(spec, use_safetensors=True, torch_dtype=dtype,
+                                                     local_files_only=_offline())
     except Exception as exc:
         reason = first_line(exc)
         if _offline():

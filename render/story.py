@@ -72,7 +72,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from render.keyframes import KeyframeUse, keyframe_hash, keyframe_use
+from render.keyframes import KeyframeUse, keyframe_consistencies, keyframe_hash, keyframe_use
 from render.shot_renderer import (
     DETERMINISTIC_CPU_THREADS,
     RenderSettings,
@@ -82,7 +82,13 @@ from render.shot_renderer import (
     with_style,
 )
 from render.shot_sidecar import CODE_VERSION, FootageRecord, Segment, ShotSidecar, shot_files
-from render.story_consistency import ConsistencyUse, bank_dependencies, consistency_uses, reference_shots
+from render.story_consistency import (
+    ConsistencyUse,
+    bank_dependencies,
+    consistency_uses,
+    is_keyframe_bank,
+    reference_shots,
+)
 from render.story_report import (
     IndexRecord,
     ModelsRecord,
@@ -166,6 +172,7 @@ class StoryPlan:
     planned: list = field(default_factory=list)  # the planner's records, one per shot it completed
     timings: dict = field(default_factory=dict)
     consistency: dict[str, ConsistencyUse] = field(default_factory=dict)  # shot id → its banks (story_consistency)
+    keyframe_consistency: dict[str, ConsistencyUse] = field(default_factory=dict)  # the same for its keyframe
     references: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, pictures) of characters with reference images
     ip_adapter: tuple[str, str] | None = None  # (variant, location) of the IP-Adapter, when a character has pictures
     keyframe_hashes: dict[str, str] = field(default_factory=dict)  # shot id → its keyframe's hash (render.keyframes)
@@ -248,6 +255,9 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
     # the preset's name while only a preset is asked for (output folders of earlier versions keep resuming),
     # else everything the specification resolved to: another base, adapter or LoRA renders the shots again
     models_key = preset.name if _preset_only(models) else resolved.record()
+    if resolved.extras:  # a TOML model config's sparsectrl, i2vgen, ip_adapter: the flags still win
+        options = replace(options, **{key: value for key, value in resolved.extras.items()
+                                      if getattr(options, key) is None})
     pictures, ip_adapter = _reference_pictures(shots, options, preset.name)
     references = reference_shots(shots)  # each shared character's consistency reference shot
     sparsectrl = _sparsectrl(shots, options, preset.name, out)
@@ -273,7 +283,8 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
             hashes[shot.id] = story.settings_hash(shot.id, extra=extra, model_defaults=model_defaults)
     return StoryPlan(options, story, shots, library, index_record, depth_model, hashes, out,
                      storyboard_sha256=file_sha256(options.storyboard), characters=characters, planned=planned,
-                     consistency=consistency_uses(shots, references, hashes, out), references=pictures,
+                     consistency=consistency_uses(shots, references, hashes, out),
+                     keyframe_consistency=keyframe_consistencies(shots, references, hashes, out), references=pictures,
                      ip_adapter=ip_adapter, keyframe_hashes=keyframe_hashes, keyframes=keyframes,
                      sparsectrl=sparsectrl, i2vgen=i2vgen)
 
@@ -330,7 +341,8 @@ def _apply_character_files(story, options: StoryOptions) -> None:
 def _reference_pictures(shots, options: StoryOptions, preset: str):
     """``((name, pictures), ...)`` of the characters with reference images, and the IP-Adapter's ``(variant,
     location)`` (None when no character has pictures): ``options.ip_adapter``, else the preset's (``tiny`` for the
-    tiny preset, the hub's h94/IP-Adapter for real models; the toy world trains none, so toy needs the option)."""
+    tiny preset, the toy IP-Adapter trained on the toy world for the toy preset, the hub's h94/IP-Adapter for real
+    models)."""
     from render.ip_adapter import IPAdapterSource
     from storyreel.weights_policy import PICKLE_REFUSAL, is_pickle_checkpoint
 
@@ -343,15 +355,15 @@ def _reference_pictures(shots, options: StoryOptions, preset: str):
         return (), None
     location = options.ip_adapter
     if location is None:
-        if preset == presets.TOY:
-            raise StoryInputError(f"character {next(iter(found))!r} has reference_images, but the toy world trains "
-                                  "no IP-Adapter: give --ip-adapter tiny (random weights: the code path only) or "
-                                  "real weights with real models")
-        location = "tiny" if presets.same_architecture(preset, presets.TINY) else "hub"
+        location = "toy" if preset == presets.TOY else "tiny" if presets.same_architecture(preset, presets.TINY) \
+            else "hub"
     try:
         source = IPAdapterSource(options.ip_adapter_variant, location)
     except StoryreelError as exc:
         raise StoryInputError(f"--ip-adapter-variant: {exc}") from None
+    if source.kind == "toy" and source.variant != "base":
+        raise StoryInputError(f"--ip-adapter-variant {source.variant}: the toy IP-Adapter is a base adapter (use "
+                              "--ip-adapter-variant base)")
     if source.kind in ("file", "folder"):
         path = Path(location).expanduser()
         if is_pickle_checkpoint(path):
@@ -364,8 +376,8 @@ def _reference_pictures(shots, options: StoryOptions, preset: str):
 
 def _sparsectrl(shots, options: StoryOptions, preset: str, out: Path) -> str | None:
     """The SparseCtrl model keyframe shots and generated transitions load (None when there are none):
-    ``options.sparsectrl``, else the preset's (``tiny`` for the tiny preset, guoyww/animatediff-sparsectrl-rgb for
-    real models; the toy world trains none, so toy needs the option)."""
+    ``options.sparsectrl``, else the preset's (``tiny`` for the tiny preset, ``toy`` (trained on the toy world) for
+    the toy preset, guoyww/animatediff-sparsectrl-rgb for real models)."""
     from render.sparse_control import SPARSECTRL_RGB
 
     generated = [shot.id for shot in shots[:-1] if shot.transition == "generate"]
@@ -373,14 +385,14 @@ def _sparsectrl(shots, options: StoryOptions, preset: str, out: Path) -> str | N
         return None
     spec = options.sparsectrl
     if spec is None:
-        if preset == presets.TOY:
-            first = next((shot.id for shot in shots if shot.keyframe), None)
-            what = (f"shot {first!r} is animated from a keyframe" if first is not None
-                    else f"shot {generated[0]!r} has a generated transition")
-            raise StoryInputError(f"{what}, but the toy world trains no "
-                                  "SparseCtrl model: give --sparsectrl tiny (random weights: the code path only) or "
-                                  "real weights with real models")
+        if presets.same_architecture(preset, presets.TOY):
+            return "toy"
         return "tiny" if presets.same_architecture(preset, presets.TINY) else SPARSECTRL_RGB
+    if spec == "toy":
+        if not presets.same_architecture(preset, presets.TOY):
+            raise StoryInputError(f"--sparsectrl toy is the toy render model's SparseCtrl; it does not fit --models "
+                                  f"{preset} (use it with --models toy)")
+        return spec
     return _folder_or_id("--sparsectrl", spec, "a SparseCtrl model")
 
 
@@ -545,7 +557,7 @@ def render_keyframes(plan: StoryPlan, echo: Callable[[str], None] = print) -> di
 
 def _render_keyframes(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
 
-    from render.keyframes import keyframe_consistency, keyframe_files
+    from render.keyframes import keyframe_files
     from render.story_sheet import SheetRow, draw_story_sheet
 
     records, status = {}, {}
@@ -555,7 +567,7 @@ def _render_keyframes(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
             record = json.loads(files["sidecar"].read_text()) if files["png"].is_file() else None
         except (OSError, ValueError):
             record = None
-        use = keyframe_consistency(plan.consistency.get(shot.id))
+        use = plan.keyframe_consistency.get(shot.id)
         bank_missing = use is not None and use.records is not None and not use.records.is_file()
         if record is not None and record.get("settings_hash") == plan.keyframe_hashes[shot.id] and not bank_missing:
             records[shot.id], status[shot.id] = record, "skipped"
@@ -563,6 +575,8 @@ def _render_keyframes(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
     used = [Segment.from_json(r["segment"]).range for r in records.values()]
     used += [sidecar.segment.range for shot_id, sidecar in shot_sidecars.items() if shot_id not in records]
     renderer = ShotRenderer(plan.render_settings())
+    to_make = [shot for shot in plan.shots if shot.id not in records]
+    check_models_available(plan, [shot for shot in to_make if shot.id not in shot_sidecars], keyframes_only=True)
     for shot in plan.shots:
         if shot.id in records:
             continue
@@ -599,12 +613,12 @@ def make_keyframe(plan: StoryPlan, renderer: ShotRenderer, shot, segment: Segmen
     (an edit changes it: the shot animated from it then uses the edited picture as it is)."""
     from dataclasses import asdict
 
-    from render.keyframes import keyframe_consistency, keyframe_files
+    from render.keyframes import keyframe_files
     from storyreel.atomic_files import write_json
 
     files = keyframe_files(plan.out, shot)
     record = renderer.render_keyframe(shot, segment, plan.keyframe_hashes[shot.id],
-                                      keyframe_consistency(plan.consistency.get(shot.id)))
+                                      plan.keyframe_consistency.get(shot.id))
     record.update(segment=asdict(segment), characters={k: asdict(v) for k, v in record["characters"].items()},
                   png_sha256=file_sha256(files["png"]))
     write_json(files["sidecar"], record)
@@ -615,10 +629,8 @@ def _make_keyframe_with_banks(plan: StoryPlan, renderer: ShotRenderer, shot, seg
                               echo: Callable[[str], None]) -> None:
     """Make ``shot``'s keyframe, after the keyframes of its consistency references when their keyframe banks are
     missing (a keyframe attends to the references' keyframe banks, which their keyframes record)."""
-    from render.keyframes import keyframe_consistency
-
     by_id = {s.id: s for s in plan.shots}
-    use = keyframe_consistency(plan.consistency.get(shot.id))
+    use = plan.keyframe_consistency.get(shot.id)
     for ref, bank, _ in (use.attends if use is not None else ()):
         if not bank.is_file() and ref not in made:
             _make_keyframe_with_banks(plan, renderer, by_id[ref], segments, made, echo)
@@ -662,6 +674,7 @@ def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
     status = {shot.id: "skipped" for shot in plan.shots if shot.id in sidecars}
     to_render = [shot for shot in plan.shots if shot.id not in sidecars]
 
+    check_models_available(plan, to_render)  # offline: every missing model named at once, before any work
     used = [sidecar.segment.range for sidecar in sidecars.values()]
     jobs = []
     for shot in to_render:  # footage first: a shot no footage can fill fails before any model loads
@@ -681,6 +694,11 @@ def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
     for shot, _, _, _, _, keyframe in jobs:  # keyframe shots whose keyframe is still to be made: first
         if keyframe is not None and keyframe.needs_render:
             _make_keyframe_with_banks(plan, renderer, shot, segments, made, echo)
+    by_id = {shot.id: shot for shot in plan.shots}
+    for _, _, _, _, consistency, _ in jobs:  # reference: "keyframes": the reference keyframes record the banks
+        for ref, bank, _ in (consistency.attends if consistency is not None else ()):
+            if is_keyframe_bank(bank) and not bank.is_file() and ref not in made:
+                _make_keyframe_with_banks(plan, renderer, by_id[ref], segments, made, echo)
 
     with tqdm(disable=not options.progress, dynamic_ncols=True, total=len(plan.shots), initial=len(sidecars),
               desc="story", unit="shot") as bar:
@@ -710,6 +728,26 @@ def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
     report = _finish(plan, sidecars, status, renderer, time.perf_counter() - started, boundaries, transitions)
     echo(story_table(plan.shots, sidecars, status))
     return report.to_json()
+
+
+def check_models_available(plan: StoryPlan, shots: list, keyframes_only: bool = False) -> None:
+    """Every hub model that rendering ``shots`` loads (the index's CLIP when one of them retrieves its footage, the
+    render components, the depth model, and IP-Adapter, SparseCtrl, I2VGen-XL when used) from the local cache, or
+    the hub asked once (:func:`storyreel.hub_access.ensure_available`): an offline machine learns at once which
+    models it lacks, all of them. Nothing to render (a resumed story) needs nothing."""
+    from storyreel.hub_access import ensure_available
+    from storyreel.models.hub_models import clip_models
+
+    if not shots:
+        return
+    settings = plan.render_settings()
+    if keyframes_only:  # keyframes need the image model, not the animators
+        settings = replace(settings, sparsectrl=None, i2vgen=None)
+    models = settings.hub_models()
+    footage = plan.options.footage or {}
+    if plan.library is not None and any(shot.clip is None and shot.id not in footage for shot in shots):
+        models = clip_models(plan.library.manifest.model["spec"]) + models
+    ensure_available(models)
 
 
 def _unchanged_shots(plan: StoryPlan) -> dict[str, ShotSidecar]:

@@ -1,9 +1,13 @@
 """Which shots record a character's consistency bank and which attend to it (:mod:`render.consistent_attention`).
 
 A character is *shared* when two or more shots with ``consistency`` on list it. Its reference shot is the first
-of them in story order (``reference: "first_shot"``); that shot records the bank, into
+of them in story order. With ``reference: "first_shot"`` that shot's video records the bank, into
 ``OUT/cache/consistency/<safe_id>.<hash>.safetensors`` (the reference shot's settings hash, so an edited reference
-writes a new bank), and every later shot that lists the character attends to it. A shot's settings hash includes
+writes a new bank), and every later shot that lists the character attends to it. With ``reference:
+"keyframes"`` (the reference shot's choice) the bank is the one its *keyframe* records
+(``<safe_id>.<hash>.keyframe.safetensors``, :mod:`render.keyframes`): the keyframe is made first, and every shot
+of the character attends to it, the reference shot's own video included, so all of them follow one picture.
+Keyframes themselves always share banks among keyframes (``for_keyframes``). A shot's settings hash includes
 the settings hashes of the reference shots it attends to (:func:`bank_dependencies`), so editing a reference
 shot renders again every shot of its characters, and editing any other shot renders that shot alone. A shot with
 consistency on whose characters are not shared renders as it would without it.
@@ -62,21 +66,38 @@ def bank_file(out: Path, shot, settings_hash: str) -> Path:
     return Path(out) / BANK_FOLDER / f"{shot.safe_id}.{settings_hash[:16]}.safetensors"
 
 
-def consistency_uses(shots: Sequence, references: dict[str, str], hashes: dict[str, str],
-                     out: Path) -> dict[str, ConsistencyUse]:
-    """The :class:`ConsistencyUse` of every shot that records or attends to a bank."""
+def keyframe_bank(path: Path) -> Path:
+    """The bank a shot's keyframe records, beside the one its video records (``*.keyframe.safetensors``)."""
+    return path.with_name(path.name.removesuffix(".safetensors") + ".keyframe.safetensors")
+
+
+def is_keyframe_bank(path: Path) -> bool:
+    return Path(path).name.endswith(".keyframe.safetensors")
+
+
+def consistency_uses(shots: Sequence, references: dict[str, str], hashes: dict[str, str], out: Path,
+                     for_keyframes: bool = False) -> dict[str, ConsistencyUse]:
+    """The :class:`ConsistencyUse` of every shot that records or attends to a bank: of its video, or with
+    ``for_keyframes`` of its keyframe (then every reference keyframe records, whatever ``reference`` says)."""
     by_id = {shot.id: shot for shot in shots}
+    from_keyframe = set() if for_keyframes else {
+        ref for ref in references.values() if by_id[ref].consistency.reference == "keyframes"}
+
+    def bank_of(ref: str) -> Path:
+        path = bank_file(out, by_id[ref], hashes[ref])
+        return keyframe_bank(path) if for_keyframes or ref in from_keyframe else path
+
     uses = {}
     for shot in shots:
         if shot.consistency is None:
             continue
         reference_of = tuple(name for name, ref in references.items() if ref == shot.id)
-        attends = tuple(
-            (ref, bank_file(out, by_id[ref], hashes[ref]),
-             tuple(c.name for c in shot.characters if references.get(c.name) == ref))
-            for ref in bank_dependencies(shot, references))
+        attends = [(ref, bank_of(ref), tuple(c.name for c in shot.characters if references.get(c.name) == ref))
+                   for ref in bank_dependencies(shot, references)]
+        records = bank_of(shot.id) if reference_of else None
+        if reference_of and shot.id in from_keyframe:  # its keyframe recorded the bank: the video attends to it
+            attends.insert(0, (shot.id, records, reference_of))
+            records = None
         if reference_of or attends:
-            uses[shot.id] = ConsistencyUse(settings_of(shot),
-                                           bank_file(out, shot, hashes[shot.id]) if reference_of else None,
-                                           reference_of, attends)
+            uses[shot.id] = ConsistencyUse(settings_of(shot), records, reference_of, tuple(attends))
     return uses

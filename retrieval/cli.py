@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from storyreel.command_line import IntRange, command, fail
+from storyreel.command_line import IntRange, command, fail, offline_option
 from storyreel.models import presets
 
 
@@ -22,6 +22,7 @@ def _table(results) -> str:
 
 
 @command("search-clips")
+@offline_option()
 @click.argument("index", type=click.Path(path_type=Path))
 @click.argument("query")
 @click.option("-k", "k", type=IntRange(min=1), default=5, show_default=True, help="How many results.")

@@ -9,7 +9,9 @@ Model specs (what ``--models`` takes):
 * ``toy``: open_clip's CLIP architecture at toy size (:data:`TOY_CONFIG`), trained on the toy world
   (``make toy-world``; weights in ``storyreel/models/toy_weights``, checked against their manifest's sha256).
 * ``NAME:TAG``: an open_clip architecture and pretrained tag, e.g. ``ViT-B-32:laion2b_s34b_b79k``
-  (the default).
+  (the default), loaded from the ``open_clip_model.safetensors`` file of the hub repository open_clip's registry
+  names for the tag (never the pickle ``open_clip_pytorch_model.bin`` beside it; a tag with no hub repository is
+  refused), through the hub cache first (:mod:`storyreel.hub_access`).
 * ``NAME``: an open_clip architecture at its real size with seeded random weights (nothing is downloaded).
 * ``NAME:/path/to/weights.safetensors``: an open_clip architecture with a local checkpoint.
 * ``hf-hub:org/repo`` or ``local-dir:/path``: open_clip's own schemes.
@@ -33,6 +35,8 @@ from retrieval.frame_preprocessing import square_crop
 from storyreel.devices import default_device
 from storyreel.errors import ModelLoadError, first_line
 from storyreel.hashing import weights_fingerprint
+from storyreel.hub_access import HubModel, ensure_available, offline_requested
+from storyreel.models.hub_models import OPEN_CLIP_WEIGHTS, open_clip_weights
 from storyreel.models.presets import PRESETS
 from storyreel.seeding import seeded
 from storyreel.weights_policy import PICKLE_REFUSAL, PICKLE_SUFFIXES
@@ -139,13 +143,18 @@ def _build_open_clip(spec: ModelSpec, device: torch.device) -> tuple[torch.nn.Mo
         if not path.is_file():
             raise ModelLoadError(f"model '{spec}': no such checkpoint file '{path}'")
         pretrained = str(path)
+    hub_weights = open_clip_weights(spec.name, spec.pretrained)
     try:
-        if pretrained is None and ":" not in spec.name:  # seeded random weights: an index can be searched again
+        if hub_weights is not None:  # a pretrained tag or hf-hub: its safetensors file, never the pickle beside it
+            model = _create_from_hub(spec, hub_weights, device)
+        elif pretrained is None and ":" not in spec.name:  # seeded random weights: an index can be searched again
             with seeded(RANDOM_SEED):
                 model = open_clip.create_model(spec.name, pretrained=None, device="cpu")
         else:
             model = open_clip.create_model(spec.name, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(spec.name)
+    except ModelLoadError:
+        raise
     except Exception as exc:
         raise ModelLoadError(
             f"cannot load open_clip model '{spec.name}' with pretrained weights '{spec.pretrained}': "
@@ -155,6 +164,27 @@ def _build_open_clip(spec: ModelSpec, device: torch.device) -> tuple[torch.nn.Mo
             "or use --models tiny for a small model with random weights."
         ) from exc
     return model, tokenizer
+
+
+def _create_from_hub(spec: ModelSpec, weights: HubModel, device: torch.device) -> torch.nn.Module:
+    """open_clip's model for a pretrained tag or ``hf-hub:`` name, from the repository's safetensors file (taken
+    from the hub cache, or downloaded once :func:`storyreel.hub_access.ensure_available` found the hub), with the
+    tag's QuickGELU and preprocessing settings as open_clip would apply them."""
+    import open_clip
+    from huggingface_hub import hf_hub_download
+
+    ensure_available([weights])
+    local = offline_requested()
+    files = {name: hf_hub_download(weights.repo_id, name, revision=weights.revision, local_files_only=local)
+             for name in weights.required}
+    if spec.name.startswith("hf-hub:"):  # the snapshot holds the config and the safetensors file
+        folder = Path(files[OPEN_CLIP_WEIGHTS]).parent
+        return open_clip.create_model(f"local-dir:{folder}", device=device)
+    tag = open_clip.get_pretrained_cfg(spec.name, spec.pretrained)
+    preprocess = {key: tag[key] for key in ("mean", "std", "interpolation", "resize_mode") if key in tag}
+    return open_clip.create_model(spec.name, pretrained=files[OPEN_CLIP_WEIGHTS], device=device,
+                                  force_quick_gelu=bool(tag.get("quick_gelu", False)),
+                                  force_preprocess_cfg=preprocess or None)
 
 
 class ClipEmbedder:

@@ -150,8 +150,10 @@ class Consistency(_Model):
     """The share of a reference frame's tokens that are kept and attended to (0-1; 0 changes nothing)."""
     until: Annotated[float, Field(ge=0, le=1)] = 0.6
     """The fraction of denoising steps, from the first, that attend to the reference tokens (0-1)."""
-    reference: Literal["first_shot"] = "first_shot"
-    """Where a character's reference tokens come from: its first shot with consistency on."""
+    reference: Literal["first_shot", "keyframes"] = "first_shot"
+    """Where a character's reference tokens come from: "first_shot", the video of its first shot with consistency
+    on; "keyframes", that shot's keyframe (one picture, made first, as StoryDiffusion's reference images), which
+    every shot of the character attends to, its first shot's video included."""
     bank_frames: Annotated[int, Field(ge=1, le=16)] = 2
     """How many frames of the reference shot (evenly spaced) give tokens (1-16)."""
     budget_mb: Annotated[float, Field(gt=0, le=65536)] = 1024.0
@@ -527,6 +529,8 @@ class Storyboard(_Model):
             if not path.is_file():
                 reason = "is a folder, not a file" if path.is_dir() else "file not found"
                 problems.append(Problem(path_in_json, f"{reason}: {path}"))
+            elif path_in_json.endswith("keyframe_image") and not _is_picture(path):
+                problems.append(Problem(path_in_json, f"not a picture that can be read: {path}"))
         return problems
 
     # -- shots ----------------------------------------------------------------------------------------
@@ -700,3 +704,16 @@ def storyboard_json_schema() -> dict:
             "fields are errors."
         ),
     }
+
+
+def _is_picture(path: Path) -> bool:
+    """Whether ``path`` is an image PIL can read (checked before any model loads: an empty or broken keyframe
+    picture is bad input, not a failed render)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return False
+    return True

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from storyboard.plan_job import PlanStoryJob
-from storyreel.command_line import FloatRange, IntRange, command, fail, quiet_option
+from storyreel.command_line import FloatRange, IntRange, command, fail, offline_option, quiet_option
 
 
 def report_path(out: Path) -> Path:
@@ -24,6 +24,7 @@ def report_path(out: Path) -> Path:
 
 
 @command("plan-story")
+@offline_option()
 @click.argument("passage", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="The storyboard file to write; the plan report goes beside it (<stem>.plan.json).")

@@ -21,8 +21,10 @@ What a user sees when something is wrong is always one line on stderr:
 :class:`IntRange` and :class:`FloatRange` are click's range types whose messages say what is allowed
 (``must be at least 1, got 0``, ``must be more than 0 seconds, got 0``). :func:`quiet_option` is the one
 progress option, ``-q`` / ``--quiet`` (with a hidden ``--no-progress`` alias where a command had that flag).
+:func:`offline_option` is ``--offline`` for the commands that may download (:mod:`storyreel.hub_access`).
 
-This module imports only click and :mod:`storyreel.errors`.
+This module imports only click and :mod:`storyreel.errors` (and :mod:`storyreel.hub_access` when ``--offline``
+is given).
 """
 
 from __future__ import annotations
@@ -167,6 +169,21 @@ def quiet_option(help: str = "No progress bars.", no_progress_alias: bool = Fals
         return function
 
     return decorate
+
+
+def _go_offline(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from storyreel.hub_access import go_offline
+
+        go_offline()
+
+
+def offline_option() -> Callable[[Callable], Callable]:
+    """``--offline``: no hub request at all, as ``HF_HUB_OFFLINE=1`` does (models come from the local cache, and
+    a missing one is named at once); eager, so it holds before any other option's callback."""
+    return click.option("--offline", is_flag=True, expose_value=False, is_eager=True, callback=_go_offline,
+                        help="Never reach the hub (as HF_HUB_OFFLINE=1): models come from the local cache; the "
+                             "missing ones are named at once.")
 
 
 # -- numbers with a range ------------------------------------------------------------------------------

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
-from storyreel.command_line import FloatRange, IntRange, command, fail, quiet_option
+from storyreel.command_line import FloatRange, IntRange, command, fail, offline_option, quiet_option
 from storyreel.models import presets
 
 _OPTION_NAMES = {"source": "VIDEO", "estimator": "--models"}
 
 
 @command("extract-depth")
+@offline_option()
 @click.argument("video", type=click.Path(path_type=Path))
 @click.option("--start", type=float, default=0.0, show_default=True, help="Segment start, seconds.")
 @click.option("--end", type=float, default=None,

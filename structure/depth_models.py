@@ -252,6 +252,19 @@ def _load_pretrained(repo_or_folder: str, revision: str | None, local: bool):
     return model, processor
 
 
+def _load_from_hub(spec: str, repo_id: str, revision: str | None):
+    """From the hub cache, or downloaded once the hub answered (:func:`storyreel.hub_access.ensure_available`:
+    an offline machine learns it at once, with the command that fetches the model)."""
+    from storyreel.hub_access import HubUnavailableError, ensure_available, offline_requested
+    from storyreel.models.hub_models import depth_models
+
+    try:
+        ensure_available(depth_models(spec) or depth_models(repo_id))
+    except HubUnavailableError as exc:
+        raise DepthModelLoadError(str(exc)) from None
+    return _load_pretrained(repo_id, revision, local=offline_requested())
+
+
 def _check_local_folder(folder: Path) -> None:
     if not any(folder.glob("*.safetensors")):
         unsafe = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
@@ -290,7 +303,7 @@ def load_depth_model(spec: str = DEFAULT_MODEL, device: str | torch.device | Non
         preset = HUB_PRESETS.get(spec) or next((p for p in HUB_PRESETS.values() if p.repo_id == spec), None)
         path = Path(spec).expanduser()
         if preset is not None:
-            model, processor = _load_pretrained(preset.repo_id, preset.revision, local=False)
+            model, processor = _load_from_hub(spec, preset.repo_id, preset.revision)
         elif path.suffix.lower() in PICKLE_SUFFIXES:
             raise DepthModelLoadError(
                 f"refusing to load '{path}': {PICKLE_REFUSAL}; pass a folder with "
@@ -302,6 +315,6 @@ def load_depth_model(spec: str = DEFAULT_MODEL, device: str | torch.device | Non
         elif spec.startswith((".", "/", "~")) or path.exists():
             raise DepthModelLoadError(f"depth model folder '{path}' does not exist")
         else:
-            model, processor = _load_pretrained(spec, None, local=False)
+            model, processor = _load_from_hub(spec, spec, None)
     return DepthEstimator(spec, model, processor, device=device, dtype=dtype, batch_size=batch_size,
                           progress=progress)

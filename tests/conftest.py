@@ -16,6 +16,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _hub_probe_forgotten():
+    """storyreel.hub_access asks the hub once per process: each test starts without that answer, and with the
+    offline flag as the suite set it (a command's --offline or a fully cached run sets it for the process)."""
+    from storyreel import hub_access
+
+    hub_access._probe_result = None
+    hub_access._offline_for_the_cache = False
+    before = {name: os.environ.get(name) for name in hub_access.OFFLINE_VARIABLES}
+    yield
+    hub_access._probe_result = None
+    hub_access._offline_for_the_cache = False
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def _require(path: Path) -> Path:
     if path.exists():
         return path

@@ -203,3 +203,14 @@ def test_real_videos_are_the_fvd_reference_when_given(rendered, real_clips, tmp_
     assert str(len(videos)) in distribution["real_source"] and distribution["fvd"] > 0
     empty = CliRunner().invoke(main, [str(out), "--real-videos", str(tmp_path / "none")])
     assert empty.exit_code == 2 and "--real-videos: no such folder" in empty.output
+
+
+def test_real_metric_models_offline_are_named_all_at_once(rendered, tmp_path, monkeypatch):
+    """Offline with an empty hub cache: every real metric model is named in one error, before any loads."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    result = evaluate(rendered[0], "--models", "real")
+    assert result.exit_code == 2, result.output
+    for repo in ("timm/vit_base_patch32_clip_224.openai", "timm/vit_small_patch16_224.dino",
+                 "MCG-NJU/videomae-base-finetuned-kinetics"):
+        assert repo in result.output
+    assert "fetch-models --hub-cache" in result.output

@@ -105,6 +105,18 @@ REPOSITORIES = {
     "Intel/dpt-large": ["config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin"],
     "Intel/dpt-hybrid-midas": ["config.json", "preprocessor_config.json", "model.safetensors"],  # refs/pr/5
     "org/pickles-only": ["config.json", "diffusion_pytorch_model.bin"],
+    "guoyww/animatediff-sparsectrl-rgb": ["config.json", "diffusion_pytorch_model.safetensors",
+                                          "diffusion_pytorch_model.fp16.safetensors"],
+    "h94/IP-Adapter": ["models/ip-adapter_sd15.safetensors", "models/ip-adapter_sd15.bin",
+                       "models/ip-adapter-plus_sd15.safetensors", "models/ip-adapter-plus-face_sd15.safetensors",
+                       "models/image_encoder/config.json", "models/image_encoder/model.safetensors",
+                       "models/image_encoder/pytorch_model.bin", "sdxl_models/ip-adapter_sdxl.safetensors"],
+    "ali-vilab/i2vgen-xl": ["model_index.json", "i2vgen_xl_00854500.pth",
+                            *(f"{part}/config.json" for part in ("unet", "vae", "text_encoder", "image_encoder")),
+                            "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+                            "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                            "image_encoder/model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt",
+                            "feature_extractor/preprocessor_config.json", "scheduler/scheduler_config.json"],
 }
 
 
@@ -141,8 +153,13 @@ class FakeHub:
         return str(Path(local_dir) / filename)
 
     def install(self, monkeypatch):
+        from storyreel import hub_access
+
         for name in ("list_repo_files", "snapshot_download", "hf_hub_download"):
             monkeypatch.setattr(fetch, name, getattr(self, name))
+        # the suite runs offline (conftest); this fake hub answers
+        monkeypatch.setattr(hub_access, "offline_requested", lambda: False)
+        monkeypatch.setattr(hub_access, "hub_reachable", lambda *args, **kwargs: True)
         return self
 
 
@@ -230,3 +247,63 @@ def test_an_uncached_hub_file_offline_says_how_to_fetch_it(monkeypatch, tmp_path
            "'animatediff_lightning_4step_diffusers.safetensors')" in message
     assert "offline" in message and "fetch-models PRESET --out DIR" in message
     assert '[components] motion_adapter = "DIR/animatediff_lightning_4step_diffusers.safetensors"' in message
+
+
+def test_with_fetches_the_models_stories_add_and_models_toml_names_them(tmp_path, monkeypatch):
+    hub = FakeHub().install(monkeypatch)
+    out = tmp_path / "models"
+    report = fetch.fetch_models(ModelSpecification(preset="tiny"), out, progress=False, echo=lambda line: None,
+                                extras=("sparsectrl", "ip-adapter-plus", "i2vgen-xl"))
+    calls = {call[1]: call[2] for call in hub.calls}
+    assert calls["guoyww/animatediff-sparsectrl-rgb"] == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert calls["h94/IP-Adapter"] == ["models/image_encoder/config.json", "models/image_encoder/model.safetensors",
+                                       "models/ip-adapter-plus_sd15.safetensors"]
+    assert "model_index.json" in calls["ali-vilab/i2vgen-xl"]
+    assert "unet/diffusion_pytorch_model.safetensors" in calls["ali-vilab/i2vgen-xl"]
+    assert not [name for names in calls.values() for name in names if name.endswith((".bin", ".pth", ".ckpt"))]
+    components = tomllib.loads(report.models_toml.read_text())["components"]
+    assert (components["sparsectrl"], components["ip_adapter"], components["i2vgen"]) == (
+        "sparsectrl", "ip_adapter_plus", "i2vgen")
+    resolved = ModelSpecification(config_file=report.models_toml).resolve()
+    assert resolved.extras == {"sparsectrl": str(out / "sparsectrl"), "i2vgen": str(out / "i2vgen"),
+                               "ip_adapter": str(out / "ip_adapter_plus")}
+    assert any("--ip-adapter-variant plus" in note for note in report.notes)
+
+
+def test_hub_cache_fetches_exactly_the_files_commands_look_for(tmp_path, monkeypatch):
+    """fetch-models --hub-cache: into the hub cache (no --out), the chosen files of each repository, skipping
+    what is cached; afterwards storyreel.hub_access finds every model."""
+    from huggingface_hub import constants
+
+    from storyreel import hub_access
+    from storyreel.models.hub_models import extra_models, preset_models
+
+    cache = tmp_path / "hub-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    hub = FakeHub().install(monkeypatch)
+
+    def snapshot_into_cache(repo_id, revision=None, allow_patterns=None, local_dir=None):
+        assert local_dir is None  # the hub cache, not a folder
+        hub.calls.append(("snapshot", repo_id, sorted(allow_patterns)))
+        root = cache / ("models--" + repo_id.replace("/", "--"))
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / (revision or "main")).parent.mkdir(parents=True, exist_ok=True)
+        (root / "refs" / (revision or "main")).write_text("c" * 40)
+        for name in allow_patterns:
+            target = root / "snapshots" / ("c" * 40) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(name)
+        return str(root / "snapshots" / ("c" * 40))
+
+    monkeypatch.setattr(fetch, "snapshot_download", snapshot_into_cache)
+    models = preset_models("sd15-lcm") + extra_models(["sparsectrl"])
+    models = [m for m in models if not m.repo_id.startswith("laion/")]  # (no open_clip repository in the fake hub)
+    assert fetch.fill_hub_cache(models, progress=False, echo=lambda line: None)
+    calls = {call[1]: call[2] for call in hub.calls}
+    assert calls["lllyasviel/control_v11f1p_sd15_depth"] == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
+    assert "unet/diffusion_pytorch_model.safetensors" in calls[SD15]
+    assert "unet/diffusion_pytorch_model.non_ema.safetensors" not in calls[SD15]  # one variant, never every match
+    assert calls["Intel/dpt-hybrid-midas"] == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert all(hub_access.is_cached(model) for model in models)
+    hub.calls.clear()
+    assert fetch.fill_hub_cache(models, progress=False, echo=lambda line: None) == [] and hub.calls == []

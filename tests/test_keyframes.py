@@ -182,9 +182,13 @@ def test_a_keyframe_image_in_the_storyboard_is_used_and_checked(synthetic_librar
     picture.unlink()
     result = CliRunner().invoke(main, [str(story), "--out", str(tmp_path / "other"), "--models", "tiny"])
     assert result.exit_code == 2 and "shots[2].keyframe_image" in result.output
-    picture.write_bytes(b"")
-    result = CliRunner().invoke(main, [str(story), "--out", str(tmp_path / "toy"), "--models", "toy"])
-    assert result.exit_code == 2 and "--sparsectrl tiny" in result.output
+    picture.write_bytes(b"")  # an empty picture is bad input, named before anything renders
+    result = CliRunner().invoke(main, [str(story), "--out", str(tmp_path / "other"), "--models", "tiny"])
+    assert result.exit_code == 2 and "shots[2].keyframe_image: not a picture" in result.output
+    Image.fromarray(np.full((64, 64, 3), 30, np.uint8)).save(picture)
+    result = CliRunner().invoke(main, [str(story), "--out", str(tmp_path / "toy"), "--models", "tiny", "--sparsectrl",
+                                       "toy"])  # the toy SparseCtrl fits only the toy models: refused before any work
+    assert result.exit_code == 2 and "--sparsectrl toy" in result.output
     assert not (tmp_path / "other").exists() and not (tmp_path / "toy").exists()
 
 
@@ -242,3 +246,28 @@ def read_frames(path: Path) -> np.ndarray:
     from storyreel.video_files import read_video
 
     return read_video(path)[0]
+
+
+def test_a_model_config_names_the_sparsectrl_model_and_the_flag_wins(synthetic_library, tmp_path):
+    """sparsectrl in a TOML model config (what fetch-models --with sparsectrl writes) is the keyframe shots'
+    SparseCtrl model, relative to the file; --sparsectrl still wins over it."""
+    from render.sparse_control import load_sparse_controlnet
+
+    models = tmp_path / "models"
+    load_sparse_controlnet("tiny").save_pretrained(models / "sparsectrl", safe_serialization=True)
+    (models / "models.toml").write_text('preset = "tiny"\n\n[components]\nsparsectrl = "sparsectrl"\n')
+    clip = sorted(Path(synthetic_library).rglob("*.mp4"))[0]
+    data = json.loads(storyboard(tmp_path / "story", clip).read_text())
+    data["shots"] = data["shots"][:1]
+    data["shots"][0]["keyframe"] = True
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps(data))
+    run(story, "--out", tmp_path / "out", "--model-config", models / "models.toml")
+    shot = json.loads((tmp_path / "out" / "report.json").read_text())["shots"][0]
+    assert shot["keyframe"]["sparsectrl"] == str((models / "sparsectrl").resolve())
+    run(story, "--out", tmp_path / "flag", "--model-config", models / "models.toml", "--sparsectrl", "tiny")
+    assert json.loads((tmp_path / "flag" / "report.json").read_text())["shots"][0]["keyframe"]["sparsectrl"] == "tiny"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[components]\nsparsectrl = "weights.ckpt"\n')
+    result = CliRunner().invoke(main, [str(story), "--out", str(tmp_path / "bad"), "--model-config", str(bad)])
+    assert result.exit_code == 2 and "sparsectrl" in result.output and "pickle" in result.output

@@ -71,8 +71,8 @@ BAD_VALUES = {
                                    "no such folder"),
     "typo'd TOML key": ('[components]\nmotion_adaptor = "org/name"\n', "[components] motion_adaptor",
                         "unknown component 'motion_adaptor'; expected one of base, tokenizer, text_encoder, vae, "
-                        "unet, motion_adapter, controlnet, lora, lora_scale, depth_model (did you mean "
-                        "'motion_adapter'?)"),
+                        "unet, motion_adapter, controlnet, lora, lora_scale, depth_model, sparsectrl, i2vgen, "
+                        "ip_adapter (did you mean 'motion_adapter'?)"),
     "typo'd TOML table": ('[component]\nbase = "org/name"\n', "component", "unknown key"),
     "pickle file": ({"preset": "tiny", "base": "{tmp}/model.ckpt"}, "--base",
                     "refusing '{tmp}/model.ckpt': pickle-based checkpoints can run code"),
@@ -200,3 +200,22 @@ def test_a_tiny_base_folder_is_not_sd15_but_loads_with_the_tiny_preset(tmp_path)
                                                r"block_out_channels \[8, 16\], SD1.5's is \[320, 640, 1280, 1280\]"):
         ModelSpecification(preset="sd15", base=str(tmp_path / "tiny-base")).validate()
     ModelSpecification(preset="tiny", base=str(tmp_path / "tiny-base")).validate()
+
+
+def test_the_models_stories_add_resolve_from_a_model_config(tmp_path):
+    """sparsectrl, i2vgen, ip_adapter in [components]: hub ids and tiny as they are, folders relative to the file;
+    a pickle or a missing folder is named with its key."""
+    (tmp_path / "sparsectrl").mkdir()
+    config = tmp_path / "models.toml"
+    config.write_text('[components]\nsparsectrl = "sparsectrl"\ni2vgen = "ali-vilab/i2vgen-xl"\nip_adapter = "hub"\n')
+    resolved = ModelSpecification(preset="tiny", config_file=config).resolve()
+    assert resolved.extras == {"sparsectrl": str(tmp_path / "sparsectrl"), "i2vgen": "ali-vilab/i2vgen-xl",
+                               "ip_adapter": "hub"}
+    assert resolved.record()["extras"] == resolved.extras
+    assert "extras" not in ModelSpecification(preset="tiny").resolve().record()  # old records unchanged
+    for value, message in (("weights.bin", "pickle"), ("./missing", "no such file or folder"),
+                           ("not an id", "neither a hub id")):
+        config.write_text(f'[components]\nsparsectrl = "{value}"\n')
+        with pytest.raises(ModelConfigError, match=message) as error:
+            ModelSpecification(preset="tiny", config_file=config).resolve()
+        assert "[components] sparsectrl" in str(error.value)

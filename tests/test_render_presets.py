@@ -320,7 +320,7 @@ def test_missing_controlnet_id_is_named_offline(tiny_folders, monkeypatch):
     with pytest.raises(RenderModelLoadError) as error:
         load_render_components("sd15", overrides=overrides, device="cpu")
     message = str(error.value)
-    assert "controlnet" in message and "'lllyasviel/control_v11f1p_sd15_depth'" in message
+    assert "lllyasviel/control_v11f1p_sd15_depth (render controlnet)" in message and "1 model is not" in message
     assert '[components] controlnet = "DIR"' in message
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from render.cli import main
@@ -164,3 +165,57 @@ def test_the_ray_engine_renders_the_reference_first_and_the_same_frames(renders,
         b = read_video(out / "shots" / f"{shot}.mp4")[0].astype(int)
         diff = np.abs(a - b)  # as tests/test_render_story.py's assert_same_renders allows between processes
         assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 12, (shot, diff.max(), diff.mean())
+
+
+KEYFRAME_REFERENCE = {**CONSISTENCY, "reference": "keyframes"}
+
+
+@pytest.fixture(scope="module")
+def keyframe_reference(tmp_path_factory, clip, one_thread):
+    """The story with the hare's tokens taken from its reference shot's keyframe."""
+    folder = tmp_path_factory.mktemp("keyframe-reference")
+    out = folder / "out"
+    return folder, out, render(storyboard(folder / "a", clip, consistency=KEYFRAME_REFERENCE), out)
+
+
+def test_keyframes_as_the_reference_every_hare_shot_attends_to_the_reference_keyframe(keyframe_reference, renders):
+    _, out, report = keyframe_reference
+    shots = {shot["id"]: shot for shot in report["shots"]}
+    meet = shots["meet"]["consistency"]
+    assert meet["records"] is None  # the video records nothing: its keyframe did
+    assert (out / "keyframes" / "meet.png").is_file()
+    bank = out / meet["attends"][0]["file"]
+    assert bank.name.endswith(".keyframe.safetensors") and bank.is_file()
+    assert meet["attends"][0]["source_shot"] == "meet" and meet["attends"][0]["characters"] == ["hare"]
+    for shot in ("run", "rest"):
+        attends = shots[shot]["consistency"]["attends"]
+        assert [(a["source_shot"], out / a["file"]) for a in attends] == [("meet", bank)]
+    assert "consistency" not in shots["walk"] or not shots["walk"]["consistency"]
+    assert not [p for p in (out / "cache" / "consistency").iterdir() if not p.name.endswith(".keyframe.safetensors")]
+    # the hare's shots differ from those following the reference shot's video; the tortoise's does not
+    _, with_video_reference, _, _ = renders
+    videos, keyframes = shot_digests(with_video_reference), shot_digests(out)
+    assert videos["walk"] == keyframes["walk"]
+    assert all(videos[shot] != keyframes[shot] for shot in ("meet", "run", "rest"))
+
+
+def test_keyframes_as_the_reference_resume_and_a_deleted_bank_makes_the_keyframe_again(keyframe_reference, clip):
+    folder, out, _ = keyframe_reference
+    story = storyboard(folder / "a", clip, consistency=KEYFRAME_REFERENCE)
+    before = shot_digests(out)
+    report = render(story, out)
+    assert sorted(report["skipped"]) == ["meet", "rest", "run", "walk"]
+    bank = next((out / "cache" / "consistency").glob("meet.*.keyframe.safetensors"))
+    from safetensors.torch import load_file
+
+    kept = load_file(str(bank))  # (the file's bytes are not: safetensors writes its metadata in any order)
+    bank.unlink()
+
+    def edit_rest(data):
+        data["shots"][3]["caption"] = "(<hare> rabbit) sleeping under a tree"
+    report = render(storyboard(folder / "b", clip, consistency=KEYFRAME_REFERENCE, edit=edit_rest), out)
+    assert report["rendered"] == ["rest"]  # the bank is made again from the reference keyframe, not the videos
+    again = load_file(str(bank))
+    assert again.keys() == kept.keys() and all(torch.equal(again[key], kept[key]) for key in kept)
+    after = shot_digests(out)
+    assert {k: v for k, v in after.items() if k != "rest"} == {k: v for k, v in before.items() if k != "rest"}

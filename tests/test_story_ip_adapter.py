@@ -137,9 +137,9 @@ def test_bad_pictures_and_adapters_exit_2_before_any_model(clip, tmp_path):
     refused = invoke(storyboard(tmp_path / "c", clip, [str(clip)]), tmp_path / "out-c", "--ip-adapter", str(pickle))
     storyboard(tmp_path / "d", clip, [str(clip)])
     toy = CliRunner().invoke(main, [str(tmp_path / "d" / "story.json"), "--out", str(tmp_path / "out-d"),
-                                    "--models", "toy", "--no-progress"])
+                                    "--models", "toy", "--ip-adapter-variant", "plus", "--no-progress"])
     for result, words in ((missing, "characters.hare.reference_images"), (no_pictures, "no .png"),
-                          (refused, "pickle"), (toy, "--ip-adapter tiny")):
+                          (refused, "pickle"), (toy, "toy IP-Adapter is a base adapter")):
         assert result.exit_code == 2, result.output
         assert result.output.startswith("error:") and words in result.output
     assert not any((tmp_path / f"out-{x}").exists() for x in "abcd")

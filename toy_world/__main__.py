@@ -7,7 +7,11 @@
    split;
 3. train the toy character of the identity checks with ``train-character --models toy`` on the trained render
    model (:mod:`toy_world.toy_character`);
-4. write the weights and ``manifest.json`` to ``storyreel/models/toy_weights`` (``--out``).
+4. train the toy IP-Adapter (h94's base layout, the toy CLIP's vision tower as its image encoder) on the train
+   split with the render model frozen (:mod:`toy_world.train_ip_adapter`);
+5. train the toy SparseCtrl RGB model (keyframe shots, generated transitions) on 8-frame windows of the train split
+   with the render model frozen (:mod:`toy_world.train_sparse_control`);
+6. write the weights and ``manifest.json`` to ``storyreel/models/toy_weights`` (``--out``).
 
 Every step resumes: clips already drawn are not drawn again, and each training continues from its last
 checkpoint under ``WORK/checkpoints`` (a run killed with ``kill -9`` loses at most one checkpoint interval).
@@ -44,7 +48,9 @@ def main(work, out, train_clips, heldout_clips, seed, threads, quiet):
     from toy_world.toy_character import train_toy_character
     from toy_world.train_clip import train_clip
     from toy_world.train_depth import train_depth
+    from toy_world.train_ip_adapter import train_ip_adapter
     from toy_world.train_render import train_render_model
+    from toy_world.train_sparse_control import train_sparse_control
     from toy_world.world_files import write_world
 
     torch.set_num_threads(threads)
@@ -66,6 +72,13 @@ def main(work, out, train_clips, heldout_clips, seed, threads, quiet):
     character = train_toy_character(work, out, progress=not quiet)
     click.echo(f"toy character: {character['steps']} steps, loss {character['final_loss']} in "
                f"{character['seconds']} s", err=True)
+    adapter = train_ip_adapter(train, out, seed=seed, checkpoints=checkpoints / "ip_adapter", progress=not quiet)
+    click.echo(f"toy IP-Adapter: loss {adapter['first_loss']} → {adapter['final_loss']:.4f} in "
+               f"{adapter['train_seconds']} s", err=True)
+    sparse = train_sparse_control(train, out, seed=seed, checkpoints=checkpoints / "sparse_control",
+                                  progress=not quiet)
+    click.echo(f"toy SparseCtrl: loss {sparse['first_loss']} → {sparse['final_loss']:.4f} in "
+               f"{sparse['train_seconds']} s", err=True)
     click.echo(f"toy world trained in {time.perf_counter() - started:.0f} s; weights and manifest in {out}")
 
 

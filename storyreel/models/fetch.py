@@ -30,6 +30,7 @@ their absolute paths. The depth model is fetched too: a hub id, or a depth model
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shutil
@@ -40,10 +41,12 @@ from typing import Callable
 import click
 from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
 
-from storyreel import atomic_files
+from storyreel import atomic_files, hub_access
 from storyreel.command_line import command, quiet_option
 from storyreel.errors import ModelLoadError, OptionError, first_line
+from storyreel.hub_access import HubModel
 from storyreel.models import presets
+from storyreel.models.hub_models import EXTRAS, clip_models, extra_models, render_models
 from storyreel.models.model_options import model_options, model_specification
 from storyreel.models.specification import (
     BASE_PARTS,
@@ -75,8 +78,9 @@ class FetchError(ModelLoadError):
 class FetchItem:
     """One folder of DIR and how it is filled.
 
-    ``kind``: ``snapshot`` (the files of ``subfolders`` of the hub repository ``repo_id``), ``file`` (one hub
-    file ``filename``) or ``generated`` (the seeded weights of ``parts`` of the preset ``preset``).
+    ``kind``: ``snapshot`` (the files of ``subfolders`` of the hub repository ``repo_id``, and the single
+    ``files`` named), ``file`` (one hub file ``filename``) or ``generated`` (the seeded weights of ``parts`` of the
+    preset ``preset``).
     """
 
     folder: str
@@ -87,12 +91,13 @@ class FetchItem:
     filename: str | None = None
     parts: tuple[str, ...] = ()
     preset: str | None = None
+    files: tuple[str, ...] = ()
 
     def request(self) -> dict:
         """What the marker records: a complete folder of another request is fetched again."""
         return {"kind": self.kind, "repo_id": self.repo_id, "revision": self.revision or None,
                 "subfolders": list(self.subfolders), "filename": self.filename, "parts": list(self.parts),
-                "preset": self.preset}
+                "preset": self.preset, **({"files": list(self.files)} if self.files else {})}
 
     def describe(self) -> str:
         if self.kind == "generated":
@@ -200,6 +205,28 @@ def plan_fetch(resolved: ResolvedModels) -> FetchPlan:
 
 
 # -- fetching -------------------------------------------------------------------------------------------
+def plan_extras(plan: FetchPlan, extras) -> None:
+    """Add the models of ``fetch-models --with`` (:data:`storyreel.models.hub_models.EXTRAS`) to ``plan``: a folder
+    each, and the TOML key that points ``render-story`` at it (``sparsectrl``, ``ip_adapter``, ``i2vgen``)."""
+    for name in extras:
+        if name == "sparsectrl":
+            plan.items.append(FetchItem("sparsectrl", "snapshot", repo_id=presets.SPARSECTRL_RGB_ID, subfolders=("",)))
+            plan.components["sparsectrl"] = "sparsectrl"
+        elif name == "i2vgen-xl":
+            plan.items.append(FetchItem("i2vgen", "snapshot", repo_id=presets.I2VGEN_XL_ID,  # not the root's .pth
+                                        subfolders=presets.I2VGEN_PARTS, files=("model_index.json",)))
+            plan.components["i2vgen"] = "i2vgen"
+        else:  # ip-adapter, ip-adapter-plus, ip-adapter-plus-face: h94's layout, one adapter file and the encoder
+            variant = name.removeprefix("ip-adapter").lstrip("-") or "base"
+            folder = presets.IP_ADAPTER_FOLDER
+            plan.items.append(FetchItem(f"ip_adapter_{variant.replace('-', '_')}", "snapshot",
+                                        repo_id=presets.IP_ADAPTER_ID, subfolders=(f"{folder}/image_encoder",),
+                                        files=(f"{folder}/{presets.IP_ADAPTER_FILES[variant]}",)))
+            plan.components["ip_adapter"] = f"ip_adapter_{variant.replace('-', '_')}"
+            plan.notes.append(f"the IP-Adapter in models.toml is the {variant} variant: render with "
+                              f"--ip-adapter-variant {variant}")
+
+
 def is_complete(folder: Path, item: FetchItem) -> bool:
     """True when ``folder`` holds a finished fetch of ``item`` (its marker, written last, says so)."""
     try:
@@ -248,6 +275,10 @@ def _fetch_snapshot(item: FetchItem, folder: Path, listings: dict) -> list[str]:
             listings[listing_key] = list_repo_files(item.repo_id, revision=item.revision)
         files = [name for subfolder in item.subfolders for name in choose_files(listings[listing_key], subfolder,
                                                                                   item.repo_id)]
+        absent = [name for name in item.files if name not in listings[listing_key]]
+        if absent:
+            raise FetchError(f"'{item.repo_id}' holds no {', '.join(absent)}")
+        files += [name for name in item.files if name not in files]
         snapshot_download(item.repo_id, revision=item.revision, allow_patterns=files, local_dir=folder)
     except FetchError:
         raise
@@ -295,16 +326,25 @@ def models_toml_text(plan: FetchPlan, command_line: str) -> str:
 
 
 def fetch_models(specification: ModelSpecification, out: Path | str, progress: bool = True,
-                 echo: Callable[[str], None] = print) -> FetchReport:
-    """Fetch every component of ``specification`` into folders of ``out`` and write ``out/models.toml``
-    (see the module docstring). The specification is validated before anything is fetched."""
+                 echo: Callable[[str], None] = print, extras=()) -> FetchReport:
+    """Fetch every component of ``specification`` (and the ``extras`` of ``--with``) into folders of ``out`` and
+    write ``out/models.toml`` (see the module docstring). The specification is validated before anything is
+    fetched."""
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     resolved = specification.validate()
     plan = plan_fetch(resolved)
+    plan_extras(plan, extras)
     out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise OptionError("--out", f"'{out}' is a file, not a folder")
+    pending = [item for item in plan.items if item.kind != "generated" and not is_complete(out / item.folder, item)]
+    if pending and (hub_access.offline_requested() or not hub_access.hub_reachable()):  # asked once, not per file
+        reason = ("offline mode is on (HF_HUB_OFFLINE)" if hub_access.offline_requested() else
+                  f"the hub ({hub_access.endpoint()}) cannot be reached ({hub_access.probe_problem()})")
+        raise FetchError(f"{reason}: cannot fetch " + "; ".join(f"{item.folder} ({item.describe()})"
+                                                                for item in pending) + "; rerun where the hub can "
+                         "be reached (complete folders are kept)")
     fetched, skipped, built, listings = [], [], {}, {}
     quiet_before = are_progress_bars_disabled()
     if not progress:
@@ -340,19 +380,132 @@ def fetch_models(specification: ModelSpecification, out: Path | str, progress: b
     return FetchReport(fetched, skipped, toml, plan.notes)
 
 
+# -- the hub cache ---------------------------------------------------------------------------------------
+def cache_files(model: HubModel, repo_files: list[str]) -> list[str]:
+    """The files of ``model.required`` to fetch, chosen from the repository's listing: an exact name as it is, a
+    weights pattern (``unet/diffusion_pytorch_model*.safetensors``) through :func:`choose_files` (the plain
+    full-precision file with its index, else the fp16 variant: never every variant the pattern matches), any
+    other pattern by matching. :class:`FetchError` names a required file the repository does not hold."""
+    chosen: list[str] = []
+    for pattern in model.required:
+        if not any(c in pattern for c in "*?["):
+            found = [pattern] if pattern in repo_files else []
+        elif pattern.endswith(WEIGHTS_SUFFIX):
+            folder = pattern.rpartition("/")[0]
+            found = [f for f in choose_files(repo_files, folder, model.repo_id)
+                     if fnmatch.fnmatch(f, pattern) or (f.endswith(INDEX_SUFFIX) and f.startswith(folder))]
+        else:
+            found = fnmatch.filter(repo_files, pattern)
+        if not found:
+            raise FetchError(f"'{model.label}' holds no file '{pattern}' (needed for {model.what})")
+        chosen += [f for f in found if f not in chosen]
+    return chosen
+
+
+def fill_hub_cache(models: list[HubModel], progress: bool = True, echo: Callable[[str], None] = print) -> list[str]:
+    """Download ``models`` into the hub cache (``HF_HUB_CACHE``), where every command looks first; models already
+    complete there are skipped. The hub is asked once before anything (an offline machine learns it at once).
+    Returns the labels of the models fetched."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    wanted = hub_access.merge(models)
+    missing = [model for model in wanted if not hub_access.is_cached(model)]
+    for model in wanted:
+        if model not in missing:
+            echo(f"{model.label}: in the hub cache, skipped")
+    if not missing:
+        return []
+    if hub_access.offline_requested() or not hub_access.hub_reachable():
+        reason = ("offline mode is on (HF_HUB_OFFLINE)" if hub_access.offline_requested() else
+                  f"the hub ({hub_access.endpoint()}) cannot be reached ({hub_access.probe_problem()})")
+        raise FetchError(f"{reason}: cannot fetch " + "; ".join(f"{m.label} ({m.what})" for m in missing)
+                         + ". Run fetch-models where the hub can be reached, then copy the hub cache "
+                         f"({hub_access.cache_folder()}) here or set HF_HUB_CACHE to it")
+    quiet_before = are_progress_bars_disabled()
+    if not progress:
+        disable_progress_bars()
+    fetched = []
+    try:
+        for model in missing:
+            item = FetchItem(model.repo_id, "snapshot", repo_id=model.repo_id, revision=model.revision)
+            try:
+                files = cache_files(model, list_repo_files(model.repo_id, revision=model.revision))
+                echo(f"{model.label}: fetching {len(files)} files ({model.what})")
+                snapshot_download(model.repo_id, revision=model.revision, allow_patterns=files)
+            except FetchError:
+                raise
+            except Exception as exc:  # network, authorisation, missing repository: reported alike, a rerun resumes
+                raise _hub_error(item, exc) from exc
+            still = hub_access.missing_files(model)
+            if still:
+                raise FetchError(f"fetching {model.label} left out {', '.join(still[:3])}; rerun fetch-models to "
+                                 "resume")
+            fetched.append(model.label)
+    finally:
+        if not progress and not quiet_before:
+            enable_progress_bars()
+    return fetched
+
+
 @command("fetch-models")
-@click.argument("preset", required=False, type=click.Choice(presets.PRESET_NAMES))
+@click.argument("items", nargs=-1, metavar="[PRESET] [REPO[@REVISION][:PATTERN,...] ...]")
 @model_options(preset_option=False)
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder to fetch into: one folder per component, and models.toml pointing at them.")
+@click.option("--with", "extras", multiple=True, type=click.Choice(tuple(EXTRAS)),
+              help="Also fetch a model some stories add: sparsectrl (keyframe shots, generated transitions), "
+                   "ip-adapter / ip-adapter-plus / ip-adapter-plus-face (characters' reference_images), i2vgen-xl "
+                   "(--animator i2vgen-xl); repeatable. models.toml then names it (sparsectrl, ip_adapter, i2vgen).")
+@click.option("--hub-cache", is_flag=True,
+              help="Fetch into the hub cache instead (HF_HUB_CACHE, where every command looks first): PRESET's "
+                   "models (its render components, depth model and CLIP), or the REPO values an offline error "
+                   "printed.")
 @quiet_option("No download progress bars.")
-def main(preset, out, quiet, **options):
+def main(items, out, extras, hub_cache, quiet, **options):
     """Download every component of PRESET (default: the --model-config file's, else sd15) into --out, for
-    offline use with --model-config OUT/models.toml. Reruns resume and skip complete components."""
+    offline use with --model-config OUT/models.toml; or, with --hub-cache, into the hub cache. Reruns resume and
+    skip complete components."""
+    preset, repos = _split_items(items, hub_cache)
+    if hub_cache:
+        if out is not None:
+            raise click.UsageError("give --out or --hub-cache, not both")
+        if repos:
+            models = repos
+        else:
+            specification = model_specification(models=preset, **options)
+            resolved = specification.validate()
+            models = render_models(resolved) + clip_models(resolved.preset)
+        models += extra_models(extras)
+        fetched = fill_hub_cache(models, progress=not quiet, echo=click.echo)
+        click.echo(f"hub cache {hub_access.cache_folder()}: {len(fetched)} fetched, "
+                   f"{len(hub_access.merge(models)) - len(fetched)} already there")
+        return
+    if out is None:
+        raise click.UsageError("give --out DIR (or --hub-cache)")
     specification = model_specification(models=preset, **options)
-    report = fetch_models(specification, out, progress=not quiet, echo=click.echo)
+    report = fetch_models(specification, out, progress=not quiet, echo=click.echo, extras=extras)
     click.echo(f"wrote {report.models_toml} ({len(report.fetched)} fetched, {len(report.skipped)} already complete); "
                f"use --model-config {report.models_toml}")
+
+
+def _split_items(items: tuple[str, ...], hub_cache: bool) -> tuple[str | None, list[HubModel]]:
+    preset, repos = None, []
+    for item in items:
+        if item in presets.PRESET_NAMES and preset is None and not repos:
+            preset = item
+            continue
+        if "/" not in item:
+            raise click.BadParameter(f"'{item}' is neither a preset ({', '.join(presets.PRESET_NAMES)}) nor a "
+                                     "repository ORG/NAME", param_hint="ITEMS")
+        if not hub_cache:
+            raise click.UsageError(f"'{item}': repositories are fetched with --hub-cache")
+        try:
+            repos.append(hub_access.parse_fetch_argument(item))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="ITEMS") from None
+    if preset is not None and repos:
+        raise click.UsageError("give a PRESET or repositories, not both")
+    return preset, repos
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +36,13 @@ import torch
 from storyreel.devices import default_device
 from storyreel.errors import ModelLoadError, first_line
 from storyreel.hashing import weights_fingerprint
+from storyreel.hub_access import HubUnavailableError, ensure_available, is_cached, offline_requested
 from storyreel.models import architectures, presets, single_file
+from storyreel.models.hub_models import component_model, render_models
 from storyreel.models.specification import (
     BASE_PARTS,
     COMPONENT_KEYS,
+    RENDER_PARTS,
     ComponentSource,
     ModelConfigError,
     ModelSpecification,
@@ -237,8 +239,7 @@ def _class(name: str):
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return offline_requested()
 
 
 def _load_error(name: str, source: ComponentSource, exc: BaseException) -> RenderModelLoadError:
@@ -355,13 +356,14 @@ def load_component(name: str, source: ComponentSource, dtype: torch.dtype = torc
         except Exception as exc:
             raise _load_error(name, source, exc) from exc
     try:
-        return _from_pretrained(name, source.location, source.subfolder, source.revision, None, dtype, local=False)
+        return _from_pretrained(name, source.location, source.subfolder, source.revision, None, dtype,
+                                local=_offline())
     except Exception as exc:
         # Some repositories hold only an fp16 safetensors variant next to full-precision pickles.
-        if name != "tokenizer" and ".safetensors" in str(exc) and not _offline():
+        if name != "tokenizer" and ".safetensors" in str(exc):
             try:
                 return _from_pretrained(name, source.location, source.subfolder, source.revision, "fp16", dtype,
-                                        local=False)
+                                        local=_offline())
             except Exception:  # noqa: BLE001 (the first error is the one to report)
                 pass
         raise _load_error(name, source, exc) from exc
@@ -415,7 +417,8 @@ def weights_file(name: str, source: ComponentSource) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(source.location, source.filename, revision=source.revision))
+        return Path(hf_hub_download(source.location, source.filename, revision=source.revision,
+                                    local_files_only=_offline()))
     except Exception as exc:  # offline, missing, unauthorised: each is reported the same way
         raise _load_error(name, source, exc) from exc
 
@@ -490,6 +493,25 @@ def _load_parts(resolved: ResolvedModels, dtype: torch.dtype) -> dict:
     return parts
 
 
+def _ensure_on_hand(resolved: ResolvedModels) -> None:
+    """The hub components of ``resolved`` from the local cache, or the hub asked once
+    (:func:`storyreel.hub_access.ensure_available`); a :class:`RenderModelLoadError` naming every missing one,
+    and the TOML keys that would point the render at local copies instead."""
+    try:
+        ensure_available(render_models(resolved, depth=False))
+    except HubUnavailableError as exc:
+        keys = []
+        for name in RENDER_PARTS:
+            source = resolved.sources[name]
+            model = component_model(name, source)
+            key = source.key or ("base" if name in BASE_PARTS else name)
+            if model is not None and not is_cached(model) and key not in keys:
+                keys.append(key)
+        tables = ", ".join(f'[components] {key} = "DIR"' for key in keys)
+        raise RenderModelLoadError(f"{exc}; a TOML model config (--model-config) can name local copies instead: "
+                                   f"{tables}") from None
+
+
 def load_render_components(specification_or_preset: ModelSpecification | str = presets.DEFAULT_PRESET,
                            overrides: dict | None = None, config_file: Path | str | None = None,
                            device: str | torch.device | None = None, dtype: torch.dtype | None = None,
@@ -521,6 +543,7 @@ def load_render_components(specification_or_preset: ModelSpecification | str = p
     scheduler_name = scheduler or presets.PRESETS[preset].scheduler
     scheduler_object = preset_scheduler(preset, scheduler_name)  # an unknown name fails before anything is loaded
 
+    _ensure_on_hand(resolved)  # offline: every missing component named at once, before any loads
     parts = _load_parts(resolved, dtype)  # loaded parts first: a missing one fails before anything is built
     generated = {name for name, source in sources.items() if source.kind in ("tiny", "random")}
     merge_here = {"unet", "motion_adapter"} <= generated  # else the UNet is merged with the adapter below

@@ -77,6 +77,15 @@ ANIMATELCM_REPO_ID = "wangfuyun/AnimateLCM"
 ANIMATELCM_LORA = f"{ANIMATELCM_REPO_ID}/AnimateLCM_sd15_t2v_lora.safetensors"
 ANIMATELCM_LORA_SCALE = 0.8  # the model card's set_adapters(["lcm-lora"], [0.8])
 
+# The models some stories add (render-story --sparsectrl, --ip-adapter, --i2vgen; fetch-models --with).
+SPARSECTRL_RGB_ID = "guoyww/animatediff-sparsectrl-rgb"  # keyframe shots and generated transitions
+I2VGEN_XL_ID = "ali-vilab/i2vgen-xl"  # render-story --animator i2vgen-xl
+IP_ADAPTER_ID = "h94/IP-Adapter"  # SD1.5 adapters in models/, their CLIP image encoder in models/image_encoder/
+IP_ADAPTER_FOLDER = "models"
+IP_ADAPTER_FILES = {"base": "ip-adapter_sd15.safetensors", "plus": "ip-adapter-plus_sd15.safetensors",
+                    "plus-face": "ip-adapter-plus-face_sd15.safetensors"}
+I2VGEN_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "scheduler")
+
 SCHEDULER_NAMES = ("ddim", "euler", "dpmpp_2m", "lcm")
 DEFAULT_SCHEDULER = "ddim"
 DEFAULT_STEPS = 25

@@ -23,6 +23,9 @@ TOML model config::
     lora = "wangfuyun/AnimateLCM/AnimateLCM_sd15_t2v_lora.safetensors"
     lora_scale = 0.8
     depth_model = "Intel/dpt-hybrid-midas"                  # as extract-depth --models takes
+    sparsectrl = "guoyww/animatediff-sparsectrl-rgb"        # keyframe shots and generated transitions
+    i2vgen = "models/i2vgen-xl"                             # render-story --animator i2vgen-xl
+    ip_adapter = "models/IP-Adapter"                        # characters with reference_images (or "hub")
 
 A value is a local path when it starts with ``/``, ``.`` or ``~`` or names something that exists (relative
 paths in a TOML file are relative to the file), otherwise a hub id ``org/name`` with an optional
@@ -51,14 +54,16 @@ from storyreel.weights_policy import PICKLE_REFUSAL, is_pickle_checkpoint
 COMPONENT_KEYS = ("base", "tokenizer", "text_encoder", "vae", "unet", "motion_adapter", "controlnet")
 BASE_PARTS = ("tokenizer", "text_encoder", "vae", "unet")
 RENDER_PARTS = (*BASE_PARTS, "motion_adapter", "controlnet")
-SETTING_KEYS = ("lora", "lora_scale", "depth_model")
+EXTRA_KEYS = ("sparsectrl", "i2vgen", "ip_adapter")  # the models some stories add: keyframe animation, identity
+SETTING_KEYS = ("lora", "lora_scale", "depth_model", *EXTRA_KEYS)
 TOML_KEYS = (*COMPONENT_KEYS, *SETTING_KEYS)
 SINGLE_FILE_KEYS = ("base", "motion_adapter", "lora")  # the keys that take one .safetensors file
 WEIGHTS_SUFFIX = ".safetensors"
 # The flags of storyreel.models.model_options, by field.
 OPTION_FLAGS = {"preset": "--models", "config_file": "--model-config", "base": "--base",
                 "motion_adapter": "--motion-adapter", "controlnet": "--controlnet", "vae": "--vae",
-                "depth_model": "--depth-model"}
+                "depth_model": "--depth-model", "sparsectrl": "--sparsectrl", "i2vgen": "--i2vgen",
+                "ip_adapter": "--ip-adapter"}
 # architecture (ModelPreset.architecture) → (name in messages, "is not ..." phrase)
 ARCHITECTURE_NAMES = {"sd15": ("SD1.5", "an SD1.5"), "tiny": ("the tiny preset", "a tiny-preset"),
                       "toy": ("the toy preset", "a toy-preset")}
@@ -242,6 +247,28 @@ def parse_depth_model(value: Any, path: Path | None = None, flag: str | None = N
     return text
 
 
+def parse_extra_model(value: Any, key: str, path: Path | None = None) -> str:
+    """A ``sparsectrl``, ``i2vgen`` or ``ip_adapter`` value: ``tiny``, ``toy``, ``hub`` (the IP-Adapter's hub
+    repository) or a hub id as it is, or a local folder or ``.safetensors`` file (resolved; relative to ``path``'s
+    folder); a pickle file is refused."""
+    origin = ValueOrigin(key, path)
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise origin.error("expected a hub id (org/name), a local folder or file, or tiny")
+    text = str(value).strip()
+    candidate = _local_candidate(text, path)
+    if is_pickle_checkpoint(candidate):
+        raise origin.error(f"refusing '{text}': {PICKLE_REFUSAL}; give a folder or file with .safetensors weights")
+    if text in ("tiny", "toy", "hub"):
+        return text
+    if isinstance(value, Path) or _looks_local(text) or candidate.exists():
+        if not candidate.exists():
+            raise origin.error(f"no such file or folder '{candidate}'")
+        return str(candidate.resolve())
+    if not HUB_ID.match(text):
+        raise origin.error(f"'{text}' is neither a hub id (org/name) nor an existing local folder or file")
+    return text
+
+
 def parse_lora_scale(value: Any, origin: ValueOrigin) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise origin.error(f"expected a number (the LoRA's weight, such as 0.8), got {value!r}")
@@ -347,6 +374,7 @@ class ResolvedModels:
     config_file: Path | None = None
     base: ComponentSource | None = None  # the base value that replaced the preset's (None: the preset's)
     origins: dict[str, ValueOrigin] = field(default_factory=dict)
+    extras: dict[str, str] = field(default_factory=dict)  # sparsectrl, i2vgen, ip_adapter from a TOML model config
 
     def error(self, key: str, detail: str) -> ModelConfigError:
         """A :class:`ModelConfigError` naming where the value of ``key`` came from (flag, file and key, preset)."""
@@ -360,7 +388,7 @@ class ResolvedModels:
         return {"preset": self.preset, "config_file": str(self.config_file) if self.config_file else None,
                 "components": {name: self.sources[name].as_record() for name in RENDER_PARTS},
                 "lora": {**self.lora.as_record(), "scale": self.lora_scale} if self.lora else None,
-                "depth_model": self.depth_model}
+                "depth_model": self.depth_model, **({"extras": dict(self.extras)} if self.extras else {})}
 
 
 def architecture_configs(preset: str) -> tuple[dict | None, str, str]:
@@ -453,6 +481,8 @@ class ModelSpecification:
                 settings[key] = parse_lora_scale(value, origin)
             elif key == "depth_model":
                 settings[key] = parse_depth_model(value, origin.path, origin.flag)
+            elif key in EXTRA_KEYS:
+                settings[key] = parse_extra_model(value, key, origin.path)
             else:
                 chosen[key] = parse_source(value, key, origin.path, origin.flag)
             origins[key] = origin
@@ -485,7 +515,7 @@ class ModelSpecification:
                               lora_scale=1.0 if lora_scale is None else lora_scale,
                               depth_model=settings.get("depth_model") or preset.depth_model,
                               config_file=config.path if config is not None else None, base=chosen.get("base"),
-                              origins=origins)
+                              origins=origins, extras={key: settings[key] for key in EXTRA_KEYS if key in settings})
 
     def validate(self) -> ResolvedModels:
         """:meth:`resolve`, then check local weights against the preset's architecture without loading them: a

@@ -6,7 +6,9 @@ and writes the weights here, in ``storyreel/models/toy_weights/``, next to ``man
 * ``clip.safetensors``: the toy open_clip model (retrieval's embedder for ``--models toy``);
 * ``depth.safetensors``: the toy DPT (the depth model for ``--models toy``);
 * ``render/<component>/``: the toy render model, one diffusers / transformers folder per component (VAE, text
-  encoder, UNet, motion adapter, ControlNet), float16 safetensors.
+  encoder, UNet, motion adapter, ControlNet), float16 safetensors;
+* ``ip_adapter/``: the toy IP-Adapter and its image encoder (``render-story --ip-adapter toy``);
+* ``sparse_control/``: the toy SparseCtrl RGB model (keyframe shots and generated transitions, ``--sparsectrl toy``).
 
 ``manifest.json`` has one entry per trained model (``clip``, ``depth``, ``render.<stage>``): the recipe, seeds,
 steps, losses, measured metrics, and the sha256 of every file it wrote (``file`` + ``sha256`` for one file,
