@@ -24,6 +24,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 demo: install
+	$(BIN)/storyreel-doctor --offline
 	$(BIN)/python data/make_sample_clips.py --out data/sample_clips
 	$(BIN)/build-index data/sample_clips --out $(DEMO)/index --models tiny
 	$(BIN)/search-clips $(DEMO)/index "a person running" -k 5 --per-clip 1 --contact-sheet $(DEMO)/top.png
