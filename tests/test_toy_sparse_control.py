@@ -32,7 +32,8 @@ KEYFRAME_SHOTS = 3
 KEYFRAME_GAIN_FLOOR = 1.0
 LAST_RATIO_CEILING = 1.0
 LAST_GAIN_FLOOR = 0.15
-FIRST_RATIO_CEILING = 2.3
+FIRST_RATIO_CEILING = 1.5
+FIRST_GAIN_FLOOR = 0.5
 
 
 def _copy_toy_files(folder: Path) -> Path:
@@ -102,7 +103,8 @@ def test_a_keyframe_draws_frame_0_toward_its_picture(toy):
 def test_a_transitions_ends_move_toward_the_boundary_frames(toy):
     """A's last frame and B's first frame from two held-out clips, B's caption, no depth (as render-story does). Each
     end's distance to its boundary frame over the crossfade middle frame's (the issue's criterion is a ratio under 1
-    at both ends: met at B's end, not at A's; docs/TOY_WORLD.md), with SparseCtrl and with its residuals zeroed."""
+    at both ends: on these two pairs at 10 steps B's end 0.79, A's 1.22, against 1.14 and 2.12 with the residuals
+    zeroed; over 8 pairs at 20 steps both means are under 1, docs/TOY_WORLD.md), with SparseCtrl and zeroed."""
     components, sparse, clips = toy
     figures = []
     for seed, (a, b) in enumerate(zip(clips[:2], clips[2:4])):
@@ -116,7 +118,7 @@ def test_a_transitions_ends_move_toward_the_boundary_frames(toy):
         figures.append(row)
     first, last, first_zeroed, last_zeroed = np.mean(figures, axis=0)
     assert last <= LAST_RATIO_CEILING and last <= last_zeroed - LAST_GAIN_FLOOR, figures
-    assert first <= FIRST_RATIO_CEILING and first < first_zeroed, figures
+    assert first <= FIRST_RATIO_CEILING and first <= first_zeroed - FIRST_GAIN_FLOOR, figures
 
 
 def test_the_trainer_writes_files_the_loader_accepts(tmp_path, one_thread):

@@ -17,9 +17,11 @@
   by ``(1 - alpha_bar) / alpha_bar`` capped at ``X0_WEIGHT_CAP`` (an x0 loss in epsilon form: what a condition
   can tell the model about the frames counts most at high noise, where the plain epsilon loss hardly rewards it;
   unweighted, conditioning frame 0 lowered its epsilon error at t = 800 by only 12% after 400 steps). Each sample
-  is conditioned on frame 0 only (a keyframe shot), on frames 0 and 7 (a generated transition), or on nothing
-  (SparseCtrl's unconditioned share), at random (``CONDITION_SHARES``); the conditioning frames are VAE latent
-  *samples* (the posterior's mean plus its standard deviation times noise), as
+  is conditioned on frame 0 only (a keyframe shot), on frames 0 and 7, on frames 0 and 7 of a "two scenes" window
+  (frames 0-3 of one scene then 4-7 of another, with the second scene's caption and no depth: a generated
+  transition, which the first recipe without it drew as the next scene from frame 0 on, bench/toy_transitions.py),
+  or on nothing (SparseCtrl's unconditioned share), at random (``CONDITION_SHARES``); the conditioning frames are
+  VAE latent *samples* (the posterior's mean plus its standard deviation times noise), as
   :class:`render.sparse_control.SparseCondition` encodes them by default. Captions are dropped to "" for
   ``CAPTION_DROP`` of the samples (a generated transition's first frame has to follow its condition against the
   next shot's caption). The frozen depth ControlNet guides half the samples (``DEPTH_SHARE``), its residuals added
@@ -54,7 +56,11 @@ BATCH = 4  # windows of WINDOW frames
 WINDOW = 8
 LEARNING_RATE = 1e-3
 WARMUP_STEPS = 100
-CONDITION_SHARES = {"first": 0.4, "first_last": 0.45, "none": 0.15}
+# "two_scenes": a generated transition as it is rendered: the first half of one scene's window then the second
+# half of another scene's (a cut in the middle), conditioned on its first and last frames, with the second scene's
+# caption and no depth. Without it the model never sees a window whose ends are different scenes, and draws a
+# transition as the next scene from its first frame on.
+CONDITION_SHARES = {"first": 0.3, "first_last": 0.25, "two_scenes": 0.3, "none": 0.15}
 DEPTH_SHARE = 0.5
 CAPTION_DROP = 0.3
 EMBEDDING_GAIN = 1.0
@@ -127,7 +133,8 @@ def train_sparse_control(world: Path, out: Path = TOY_WEIGHTS_DIR, steps: int = 
               "condition_shares": CONDITION_SHARES, "depth_share": DEPTH_SHARE, "caption_drop": CAPTION_DROP,
               "embedding_gain": EMBEDDING_GAIN, "x0_weight_cap": X0_WEIGHT_CAP, "scheduler": RENDER_SCHEDULER_CONFIG,
               "init": "trunk copied from the toy motion UNet; output convolutions zero",
-              "condition": "VAE latent samples of frame 0 (first), frames 0 and 7 (first_last) or none, + mask"}
+              "condition": "VAE latent samples of frame 0 (first), frames 0 and 7 (first_last; two_scenes: frames 0-3 "
+                           "of one scene's window then 4-7 of another's, its caption, no depth) or none, + mask"}
     model = initial_sparse_controlnet(components)
     model.requires_grad_(True)
     unet, controlnet = components.unet, components.controlnet
@@ -138,7 +145,12 @@ def train_sparse_control(world: Path, out: Path = TOY_WEIGHTS_DIR, steps: int = 
         generator = torch.Generator().manual_seed(seed * 1_000_003 + SEED_OFFSET + step)
         rng = np.random.default_rng([seed, SEED_OFFSET, step])
         first = starts[torch.randint(0, len(starts), (BATCH,), generator=generator)]
-        index = (first[:, None] + torch.arange(WINDOW)[None]).reshape(-1)  # B*F frames, window by window
+        second = starts[torch.randint(0, len(starts), (BATCH,), generator=generator)]  # another scene's window
+        kinds = condition_kinds(rng, BATCH)
+        frames = torch.arange(WINDOW)[None]
+        joined = torch.tensor([kind == "two_scenes" for kind in kinds])[:, None] & (frames >= WINDOW // 2)
+        index = torch.where(joined, second[:, None] + frames, first[:, None] + frames).reshape(-1)  # B*F frames
+        caption_of = [int(second[b]) if kind == "two_scenes" else int(first[b]) for b, kind in enumerate(kinds)]
 
         def windows(values: torch.Tensor) -> torch.Tensor:  # B*F x ... → B x C x F x h x w
             return values.reshape(BATCH, WINDOW, *values.shape[1:]).transpose(1, 2)
@@ -146,16 +158,17 @@ def train_sparse_control(world: Path, out: Path = TOY_WEIGHTS_DIR, steps: int = 
         latents = windows(means[index])
         sampled = windows(means[index] + stds[index] * torch.randn(means[index].shape, generator=generator))
         mask = torch.zeros(BATCH, 1, WINDOW, 1, 1)
-        for b, kind in enumerate(condition_kinds(rng, BATCH)):
+        for b, kind in enumerate(kinds):
             if kind != "none":
                 mask[b, :, 0] = 1
-            if kind == "first_last":
+            if kind in ("first_last", "two_scenes"):
                 mask[b, :, WINDOW - 1] = 1
         mask = mask.expand(-1, -1, -1, *latents.shape[3:])
         cond = sampled * mask
-        texts = ["" if rng.random() < CAPTION_DROP else data.captions[int(i)] for i in first]
+        texts = ["" if rng.random() < CAPTION_DROP else data.captions[i] for i in caption_of]
         text = captions(texts).repeat_interleave(WINDOW, dim=0)
-        guided = torch.from_numpy(rng.random(BATCH) < DEPTH_SHARE).float().repeat_interleave(WINDOW).view(-1, 1, 1, 1)
+        with_depth = (rng.random(BATCH) < DEPTH_SHARE) & np.array([kind != "two_scenes" for kind in kinds])
+        guided = torch.from_numpy(with_depth).float().repeat_interleave(WINDOW).view(-1, 1, 1, 1)
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (BATCH,), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
