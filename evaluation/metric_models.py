@@ -90,25 +90,22 @@ class MetricModelSet:
         safetensors file, the DINO's timm repository, the classifier's and FVD extractor's (an I3D is a local
         file). Models built in code and local folders or files need nothing."""
         from storyreel.hub_access import HubModel
-        from storyreel.models.hub_models import TRANSFORMERS_WEIGHTS, clip_models
+        from storyreel.models.hub_models import TRANSFORMERS_WEIGHTS, clip_models, is_hub_id
 
         models = clip_models(self.clip)
-        if _names_hub_model(self.dino, timm_name=True):
+        if _names_timm_hub_model(self.dino):
             models.append(HubModel(f"timm/{self.dino}", f"DINO {self.dino}", None,
                                    ("config.json", "model.safetensors")))
         for role, name in (("action classifier", self.action), ("FVD video features", self.video_features)):
-            if name not in (TINY, ZERO_SHOT, CLIP_FRAMES) and not is_i3d(name) and _names_hub_model(name):
+            if not is_i3d(name) and is_hub_id(name):
                 models.append(HubModel(name, role, None, ("config.json", TRANSFORMERS_WEIGHTS)))
         return models
 
 
-def _names_hub_model(name: str, timm_name: bool = False) -> bool:
-    """A hub id (``ORG/NAME``; for timm a model name such as ``vit_small_patch16_224.dino``), not a local path."""
-    if name == TINY or not name or name.startswith((".", "/", "~")) or Path(name).expanduser().exists():
-        return False
-    if timm_name:
-        return "/" not in name and not Path(name).suffix.lower() == ".safetensors"
-    return name.count("/") == 1
+def _names_timm_hub_model(name: str) -> bool:
+    """A timm model name such as ``vit_small_patch16_224.dino`` (on the hub as ``timm/NAME``), not a local path."""
+    return bool(name) and name != TINY and "/" not in name and not Path(name).suffix.lower() == ".safetensors" \
+        and not Path(name).expanduser().exists()
 
 
 METRIC_PRESETS = {

@@ -203,16 +203,14 @@ def build_tiny_i2vgen(seed: int = TINY_I2VGEN_SEED):
 
 
 # -- loading --------------------------------------------------------------------------------------------------
-def _offline() -> bool:
-    return offline_requested()
-
 
 def hub_models(spec: str | os.PathLike) -> list[HubModel]:
     """The hub repository ``spec`` names and the files it needs (none for ``tiny`` or a local folder)."""
+    from storyreel.models.hub_models import i2vgen_model, is_hub_id
+
     text = os.fspath(spec)
-    if text == "tiny" or text.startswith((".", "/", "~")) or Path(text).expanduser().exists() or text.count("/") != 1:
+    if not is_hub_id(text):
         return []
-    from storyreel.models.hub_models import i2vgen_model
 
     return [i2vgen_model(text)]
 
@@ -269,10 +267,10 @@ def _load_pretrained(spec: str, dtype: torch.dtype, variant: str | None):
     try:
         with _quiet_deprecation():
             return I2VGenXLPipeline.from_pretrained(spec, dtype=dtype, use_safetensors=True, variant=variant,
-                                                    local_files_only=_offline())
+                                                    local_files_only=offline_requested())
     except Exception as exc:
         reason = first_line(exc)
-        if _offline():
+        if offline_requested():
             reason += " (the hub is offline, HF_HUB_OFFLINE is set, and the files are not in the local cache)"
         raise ModelLoadError(
             f"cannot load the I2VGen-XL model '{spec}' from the hub: {reason}. Without network access, download it "

@@ -63,6 +63,7 @@ import torch
 from storyreel.atomic_files import atomic_path
 from storyreel.errors import ModelLoadError, StoryreelError, first_line
 from storyreel.hashing import file_sha256, weights_fingerprint
+from storyreel.hub_access import offline_requested
 from storyreel.models import presets
 from storyreel.seeding import seeded
 from storyreel.weights_policy import PICKLE_REFUSAL, is_pickle_checkpoint
@@ -111,11 +112,6 @@ class IPAdapterLoadError(ModelLoadError):
 
 class ReferenceEmbeddingError(StoryreelError, ValueError):
     """A reference embedding file that cannot be read or written (names the file)."""
-
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 # -- where an adapter comes from ------------------------------------------------------------------------------
@@ -312,7 +308,7 @@ def _resolve_files(source: IPAdapterSource) -> tuple[Path, str, dict, str]:
 
 def _hub_error(source: IPAdapterSource, what: str, exc: BaseException) -> IPAdapterLoadError:
     reason = first_line(exc)
-    if _offline():
+    if offline_requested():
         reason += " (the hub is offline, HF_HUB_OFFLINE is set, and the files are not in the local cache)"
     return IPAdapterLoadError(f"cannot load the IP-Adapter {what}: {reason}. Without network access, "
                               f"{source.fetch_hint()}. Only safetensors weights are loaded.")

@@ -104,12 +104,3 @@ def keyframe_hash(shot_hash: str) -> str:
     """A keyframe's resume hash: its shot's settings hash (every setting that shapes the shot) and the keyframe
     code's version."""
     return hashlib.sha256(f"storyreel-keyframe:{KEYFRAME_VERSION}:{shot_hash}".encode()).hexdigest()
-
-
-def keyframe_consistencies(shots, references: dict[str, str], hashes: dict[str, str], out: Path) -> dict:
-    """Each shot's :class:`render.story_consistency.ConsistencyUse` for its keyframe: the same references, with the
-    keyframes' own bank files (a keyframe's bank holds one frame's tokens, a shot's several); a reference keyframe
-    always records its bank."""
-    from render.story_consistency import consistency_uses
-
-    return consistency_uses(shots, references, hashes, out, for_keyframes=True)

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from storyreel.errors import ModelLoadError, first_line
 from storyreel.hub_access import HubModel, ensure_available, offline_requested
 from storyreel.models import presets
-from storyreel.models.hub_models import sparsectrl_model
+from storyreel.models.hub_models import is_hub_id, sparsectrl_model
 from storyreel.seeding import seeded
 from storyreel.weights_policy import PICKLE_REFUSAL, PICKLE_SUFFIXES, is_pickle_checkpoint
 
@@ -310,15 +310,11 @@ def _perturb(conv: torch.nn.Conv2d, gain: float) -> None:
         torch.nn.init.zeros_(conv.bias)
 
 
-def _offline() -> bool:
-    return offline_requested()
-
 
 def hub_models(spec: str | os.PathLike) -> list[HubModel]:
     """The hub repository ``spec`` names and the files it needs (none for ``tiny``, ``toy`` or a local folder)."""
     text = os.fspath(spec)
-    if text in ("tiny", "toy") or text.startswith((".", "/", "~")) or Path(text).expanduser().exists() or \
-            text.count("/") != 1:
+    if not is_hub_id(text):
         return []
     return [sparsectrl_model(text)]
 
@@ -402,10 +398,10 @@ def _load_pretrained(spec: str, dtype: torch.dtype):
     ensure_available(hub_models(spec))  # from the cache, or the hub asked once: offline is known at once
     try:
         return SparseControlNetModel.from_pretrained(spec, use_safetensors=True, torch_dtype=dtype,
-                                                     local_files_only=_offline())
+                                                     local_files_only=offline_requested())
     except Exception as exc:
         reason = first_line(exc)
-        if _offline():
+        if offline_requested():
             reason += " (the hub is offline, HF_HUB_OFFLINE is set, and the files are not in the local cache)"
         raise ModelLoadError(
             f"cannot load the SparseCtrl model '{spec}' from the hub: {reason}. Without network access, download it "

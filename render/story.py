@@ -72,7 +72,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from render.keyframes import KeyframeUse, keyframe_consistencies, keyframe_hash, keyframe_use
+from render.keyframes import KeyframeUse, keyframe_hash, keyframe_use
 from render.shot_renderer import (
     DETERMINISTIC_CPU_THREADS,
     RenderSettings,
@@ -284,7 +284,8 @@ def prepare_story(options: StoryOptions) -> StoryPlan:
     return StoryPlan(options, story, shots, library, index_record, depth_model, hashes, out,
                      storyboard_sha256=file_sha256(options.storyboard), characters=characters, planned=planned,
                      consistency=consistency_uses(shots, references, hashes, out),
-                     keyframe_consistency=keyframe_consistencies(shots, references, hashes, out), references=pictures,
+                     keyframe_consistency=consistency_uses(shots, references, hashes, out, for_keyframes=True),
+                     references=pictures,
                      ip_adapter=ip_adapter, keyframe_hashes=keyframe_hashes, keyframes=keyframes,
                      sparsectrl=sparsectrl, i2vgen=i2vgen)
 

@@ -233,6 +233,15 @@ def probe_problem() -> str:
     return _probe_problem
 
 
+def unreachable_reason() -> str | None:
+    """Why the hub cannot be asked (offline asked for, or the probe found it unreachable); None when it answers."""
+    if offline_requested():
+        return "offline mode is on (HF_HUB_OFFLINE or --offline)"
+    if not hub_reachable():
+        return f"the hub ({endpoint()}) cannot be reached ({probe_problem()})"
+    return None
+
+
 def fetch_command(models: Iterable[HubModel]) -> str:
     """The one command that fills the hub cache with ``models`` (run where the hub can be reached)."""
     return "fetch-models --hub-cache " + " ".join(f"'{model.fetch_argument()}'" for model in models)
@@ -258,9 +267,7 @@ def ensure_available(models: Iterable[HubModel]) -> list[HubModel]:
             go_offline(asked=False)
         return []
     _back_online()
-    if offline_requested():
-        raise HubUnavailableError(unavailable_message(missing, "offline mode is on (HF_HUB_OFFLINE or --offline)"))
-    if not hub_reachable():
-        raise HubUnavailableError(unavailable_message(
-            missing, f"the hub ({endpoint()}) cannot be reached ({probe_problem()})"))
+    reason = unreachable_reason()
+    if reason is not None:
+        raise HubUnavailableError(unavailable_message(missing, reason))
     return missing

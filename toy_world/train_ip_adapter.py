@@ -43,7 +43,7 @@ from storyreel.command_line import command
 from storyreel.hashing import file_sha256
 from storyreel.models.schedulers import RENDER_SCHEDULER_CONFIG
 from storyreel.models.toy_weights import MANIFEST_FILE, RENDER_FOLDER, TOY_WEIGHTS_DIR
-from toy_world.scenes import FPS, scene_caption
+from toy_world.scenes import scene_caption
 from toy_world.stage_options import stage_options
 from toy_world.training_loop import train_steps
 from toy_world.world_files import WorldClip, read_world, world_record
@@ -141,10 +141,7 @@ class SceneFrames:
         frames, figure, scene, spans, captions, colourless = [], [], [], [], [], []
         offset = 0
         for clip in clips:
-            count = len(clip.frames)
-            cut = clip.spec.cut_frame(FPS)
-            parts = [(0, count, clip.spec)] if cut is None else [(0, cut, clip.spec), (cut, count, clip.spec.cut)]
-            for start, end, spec in parts:
+            for start, end, spec in clip.scenes():
                 if end - start < 2:
                     continue
                 frames.append(clip.frames[start:end])

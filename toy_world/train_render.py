@@ -82,16 +82,13 @@ class FrameData:
         frames, captions, depth, figure, windows = [], [], [], [], []
         offset = 0
         for clip in clips:
-            count = len(clip.frames)
-            cut = clip.spec.cut_frame(FPS)
-            scenes = [(0, count, clip.spec)] if cut is None else [(0, cut, clip.spec), (cut, count, clip.spec.cut)]
-            for start, end, spec in scenes:
+            for start, end, spec in clip.scenes():
                 frames.append(clip.frames[start:end])
                 captions += [scene_caption(spec)] * (end - start)
                 depth.append(depth_from_raw(clip.inverse_depth[start:end], fps=FPS).depth)
                 figure.append(clip.mask[start:end])
                 windows += [offset + start + i for i in range(0, end - start - WINDOW + 1)]
-            offset += count
+            offset += len(clip.frames)
         pixels = torch.from_numpy(np.concatenate(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
         return cls(pixels, captions, torch.from_numpy(np.concatenate(depth)).float(),
                    torch.from_numpy(np.concatenate(figure)), windows)

@@ -45,6 +45,11 @@ class WorldClip:
     inverse_depth: np.ndarray  # T x H x W float32
     mask: np.ndarray  # T x H x W bool
 
+    def scenes(self) -> list[tuple[int, int, ClipSpec]]:
+        """``(first frame, end, spec)`` of each scene: the whole clip, or the two sides of its hard cut."""
+        count, cut = len(self.frames), self.spec.cut_frame(FPS)
+        return [(0, count, self.spec)] if cut is None else [(0, cut, self.spec), (cut, count, self.spec.cut)]
+
 
 def clip_name(split: str, index: int) -> str:
     return f"{split}-{index:04d}"

@@ -339,9 +339,8 @@ def fetch_models(specification: ModelSpecification, out: Path | str, progress: b
     if out.exists() and not out.is_dir():
         raise OptionError("--out", f"'{out}' is a file, not a folder")
     pending = [item for item in plan.items if item.kind != "generated" and not is_complete(out / item.folder, item)]
-    if pending and (hub_access.offline_requested() or not hub_access.hub_reachable()):  # asked once, not per file
-        reason = ("offline mode is on (HF_HUB_OFFLINE)" if hub_access.offline_requested() else
-                  f"the hub ({hub_access.endpoint()}) cannot be reached ({hub_access.probe_problem()})")
+    reason = hub_access.unreachable_reason() if pending else None  # the hub asked once, not per file
+    if reason is not None:
         raise FetchError(f"{reason}: cannot fetch " + "; ".join(f"{item.folder} ({item.describe()})"
                                                                 for item in pending) + "; rerun where the hub can "
                          "be reached (complete folders are kept)")
@@ -415,9 +414,8 @@ def fill_hub_cache(models: list[HubModel], progress: bool = True, echo: Callable
             echo(f"{model.label}: in the hub cache, skipped")
     if not missing:
         return []
-    if hub_access.offline_requested() or not hub_access.hub_reachable():
-        reason = ("offline mode is on (HF_HUB_OFFLINE)" if hub_access.offline_requested() else
-                  f"the hub ({hub_access.endpoint()}) cannot be reached ({hub_access.probe_problem()})")
+    reason = hub_access.unreachable_reason()
+    if reason is not None:
         raise FetchError(f"{reason}: cannot fetch " + "; ".join(f"{m.label} ({m.what})" for m in missing)
                          + ". Run fetch-models where the hub can be reached, then copy the hub cache "
                          f"({hub_access.cache_folder()}) here or set HF_HUB_CACHE to it")

@@ -64,12 +64,13 @@ def depth_models(spec: str | None) -> list[HubModel]:
     for repo, revision in presets.DEPTH_MODEL_REPOS.values():
         if spec == repo:
             return [HubModel(repo, f"depth model {spec}", revision, required)]
-    if _is_hub_id(spec):
+    if is_hub_id(spec):
         return [HubModel(spec, f"depth model {spec}", None, required)]
     return []
 
 
-def _is_hub_id(value: str) -> bool:
+def is_hub_id(value: str) -> bool:
+    """``ORG/NAME`` that names no local file or folder: a hub repository (``tiny``, ``toy``, paths: not)."""
     if not value or value.startswith((".", "/", "~")) or Path(value).expanduser().exists():
         return False
     parts = value.split("/")

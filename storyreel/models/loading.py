@@ -238,16 +238,13 @@ def _class(name: str):
     return getattr(__import__(module, fromlist=[cls]), cls)
 
 
-def _offline() -> bool:
-    return offline_requested()
-
 
 def _load_error(name: str, source: ComponentSource, exc: BaseException) -> RenderModelLoadError:
     on_hub = source.kind in ("hub", "hub_file")
     key = source.key or (("base" if name in BASE_PARTS else name) if on_hub else name)
     reason = first_line(exc)
     if on_hub:
-        if _offline():
+        if offline_requested():
             reason += " (the hub is offline, HF_HUB_OFFLINE is set, and the files are not in the local cache)"
         revision = f" --revision {source.revision}" if source.revision else ""
         if source.kind == "hub_file":
@@ -357,13 +354,13 @@ def load_component(name: str, source: ComponentSource, dtype: torch.dtype = torc
             raise _load_error(name, source, exc) from exc
     try:
         return _from_pretrained(name, source.location, source.subfolder, source.revision, None, dtype,
-                                local=_offline())
+                                local=offline_requested())
     except Exception as exc:
         # Some repositories hold only an fp16 safetensors variant next to full-precision pickles.
         if name != "tokenizer" and ".safetensors" in str(exc):
             try:
                 return _from_pretrained(name, source.location, source.subfolder, source.revision, "fp16", dtype,
-                                        local=_offline())
+                                        local=offline_requested())
             except Exception:  # noqa: BLE001 (the first error is the one to report)
                 pass
         raise _load_error(name, source, exc) from exc
@@ -418,7 +415,7 @@ def weights_file(name: str, source: ComponentSource) -> Path:
 
     try:
         return Path(hf_hub_download(source.location, source.filename, revision=source.revision,
-                                    local_files_only=_offline()))
+                                    local_files_only=offline_requested()))
     except Exception as exc:  # offline, missing, unauthorised: each is reported the same way
         raise _load_error(name, source, exc) from exc
 
