@@ -5,6 +5,10 @@ On a CUDA machine (``--preset sd15-random``, the default there) it runs, in one 
 * ``shot_tau1_*``, ``shot_tau05_*``: a 512x512x16 shot at 25 steps in float16 with the structure window
   tau 1 and tau 0.5 (the ControlNet skipped for the second half): seconds per denoising step (the median
   of the steps, synchronised) and peak GPU memory;
+* ``keyframe_*``: the shot's keyframe (``render-story --keyframes-only``: one frame, the motion modules
+  bypassed) alone and in a batch of 8 (``--keyframe-batch 8``: 8 prompts, depth frames and seeds in one sampler
+  call; seconds per keyframe), each against the tau-1 shot's time (``keyframe_ratio``, ``keyframe_batch_ratio``;
+  issue 16's goal: at most 1/8);
 * ``long_shot_*``: a 32-frame shot denoised in overlapping context windows (16 frames, stride 8);
 * ``lightning_*``: the AnimateDiff-Lightning way of sampling on the same architecture: Euler with trailing
   timesteps (``make_scheduler("euler", timestep_spacing="trailing")``), 4 steps, guidance 1.0;
@@ -83,6 +87,7 @@ FIGURES = (
     "load_s",
     "shot_tau1_s_per_step", "shot_tau1_s", "shot_tau1_peak_gib",
     "shot_tau05_s_per_step", "shot_tau05_s", "shot_tau05_peak_gib", "shot_tau05_controlnet_calls",
+    "keyframe_s", "keyframe_batch_s_per_keyframe", "keyframe_ratio", "keyframe_batch_ratio",
     "long_shot_s_per_step", "long_shot_s", "long_shot_peak_gib", "long_shot_windows",
     "lightning_s_per_step", "lightning_s", "lightning_peak_gib",
     "training_s_per_step", "training_peak_gib",
@@ -240,6 +245,38 @@ def check_faiss(sizes: CheckSizes, dim: int, use_gpu: bool) -> tuple[dict, bool]
     return {"faiss_ms_per_query": 1000 * seconds / len(queries)}, on_gpu
 
 
+def time_keyframes(probe: Probe, components, *, size: int, steps: int, shot_s: float | None,
+                   batch: int = 8) -> dict:
+    """A keyframe alone and ``batch`` keyframes in one sampler call (seconds per keyframe), each after a warm-up
+    call, with their ratios to ``shot_s`` (the 16-frame shot's seconds)."""
+    import torch
+
+    from render.keyframes import image_model
+    from render.sampler import StructureGuidedSampler
+
+    sampler = StructureGuidedSampler(components)
+    cond = conditioning(batch, size)
+    autocast = torch.float16 if probe.device.type == "cuda" else None
+    result = {}
+    with image_model(components.unet):
+        for name, count in (("keyframe_s", 1), ("keyframe_batch_s_per_keyframe", batch)):
+            prompts = [f"{PROMPT}, picture {i}" for i in range(count)]
+            for _ in range(2):  # the second call is timed
+                probe.sync()
+                began = time.perf_counter()
+                out = sampler(prompts, NEGATIVE, conditioning=cond[:count], num_frames=1, steps=steps,
+                              guidance_scale=7.5, tau=1.0, seed=list(range(count)), output_type="np",
+                              autocast_dtype=autocast)
+                probe.sync()
+                result[name] = (time.perf_counter() - began) / count
+            if out.frames.shape != (count, size, size, 3):
+                raise RuntimeError(f"the sampler returned keyframes of shape {out.frames.shape}")
+    if shot_s:
+        result["keyframe_ratio"] = result["keyframe_s"] / shot_s
+        result["keyframe_batch_ratio"] = result["keyframe_batch_s_per_keyframe"] / shot_s
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(SIZES), default=None,
@@ -293,6 +330,8 @@ def main(argv=None) -> int:
     part("shot_tau1", lambda: _prefixed("shot_tau1", time_shot(probe, components, **shot, tau=1.0), timed))
     part("shot_tau05", lambda: _prefixed("shot_tau05", time_shot(probe, components, **shot, tau=0.5),
                                          (*timed, "controlnet_calls")))
+    part("keyframe", lambda: time_keyframes(probe, components, size=sizes.size, steps=sizes.steps,
+                                            shot_s=figures.get("shot_tau1_s")))
     part("long_shot", lambda: _prefixed("long_shot", time_shot(
         probe, components, frames=sizes.long_frames, size=sizes.size, steps=sizes.steps, tau=1.0,
         context_window=sizes.context_window, context_stride=sizes.context_stride), (*timed, "windows")))

@@ -11,7 +11,10 @@ and B's first frames, what ``--crossfade`` shows halfway), by two measures:
 * ``clip``: the cosine of the toy CLIP's image embeddings (higher is closer).
 
 A pair **passes** a measure when both ends of the transition are closer to their shot's boundary frame than the
-crossfade's middle frame is (the issue's criterion).
+crossfade's middle frame is (the issue's criterion). ``largest_step``: the largest pixel difference between two
+consecutive frames a viewer sees from A's last frame through the transition to B's first (a cut's is ``a_to_b``;
+a transition that jumped from A to B halfway would show about as much). ``--picture`` writes every transition as a
+row: A's last frame, the transition's frames, B's first frame.
 
 **Keyframe shots.** Renders ``--keyframes`` shots with ``keyframe: true`` (their keyframes made first by the image
 model, then each shot animated from its keyframe through the toy SparseCtrl at frame 0, with its depth) and the
@@ -105,10 +108,12 @@ def transition_figures(out: Path, report: dict, judge: Judge) -> list[dict]:
         clip = read_video(out / entry["file"])[0]
         a_last, b_first = frames[entry["from"]][-1], frames[entry["to"]][0]
         middle = np.round((a_last.astype(np.float64) + b_first.astype(np.float64)) / 2).astype(np.uint8)
+        seen = [a_last, *clip, b_first]
         row = {"from": entry["from"], "to": entry["to"], "frames": len(clip),
                "mad": {"first_to_a": mad(clip[0], a_last), "last_to_b": mad(clip[-1], b_first),
                        "middle_to_a": mad(middle, a_last), "middle_to_b": mad(middle, b_first),
-                       "a_to_b": mad(a_last, b_first)},
+                       "a_to_b": mad(a_last, b_first),
+                       "largest_step": max(mad(x, y) for x, y in zip(seen, seen[1:]))},
                "clip": {"first_to_a": judge.cosine(clip[0], a_last), "last_to_b": judge.cosine(clip[-1], b_first),
                         "middle_to_a": judge.cosine(middle, a_last), "middle_to_b": judge.cosine(middle, b_first),
                         "a_to_b": judge.cosine(a_last, b_first)}}
@@ -121,10 +126,11 @@ def transition_figures(out: Path, report: dict, judge: Judge) -> list[dict]:
 
 
 def summary(rows: list[dict]) -> dict:
-    keys = ("first_to_a", "last_to_b", "middle_to_a", "middle_to_b", "a_to_b")
+    keys = {"mad": ("first_to_a", "last_to_b", "middle_to_a", "middle_to_b", "a_to_b", "largest_step"),
+            "clip": ("first_to_a", "last_to_b", "middle_to_a", "middle_to_b", "a_to_b")}
     return {"pairs": len(rows),
-            **{f"{measure}_mean": {key: round(float(np.mean([r[measure][key] for r in rows])), 4) for key in keys}
-               for measure in ("mad", "clip")},
+            **{f"{measure}_mean": {key: round(float(np.mean([r[measure][key] for r in rows])), 4)
+                                   for key in keys[measure]} for measure in ("mad", "clip")},
             "pass_mad": sum(r["passes_mad"] for r in rows), "pass_clip": sum(r["passes_clip"] for r in rows),
             "pass_both": sum(r["passes_mad"] and r["passes_clip"] for r in rows)}
 
@@ -135,6 +141,21 @@ def render(story: Path, out: Path, index: Path, depth: Path, footage=None, spars
     plan = prepare_story(StoryOptions(story, out, index=index, models="toy", progress=False, footage=footage,
                                       depth_cache=depth, sparsectrl=sparsectrl))
     return render_story(plan, echo=lambda text: None)
+
+
+def transition_picture(out: Path, report: dict, path: Path) -> None:
+    """Each generated transition as a row: A's last frame, the transition's frames, B's first frame."""
+    from PIL import Image
+
+    from storyreel.video_files import read_video
+
+    frames = {shot["id"]: read_video(out / shot["files"]["mp4"])[0] for shot in report["shots"]}
+    rows = [np.concatenate([frames[e["from"]][-1], *read_video(out / e["file"])[0], frames[e["to"]][0]], axis=1)
+            for e in report["transitions"] if e["kind"] == "generate"]
+    width = max(row.shape[1] for row in rows)
+    sheet = np.concatenate([np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255)
+                            for row in rows])
+    Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(path)
 
 
 def keyframe_figures(with_keyframes: tuple[Path, dict], without: tuple[Path, dict], judge: Judge) -> dict:
@@ -164,7 +185,9 @@ def keyframe_figures(with_keyframes: tuple[Path, dict], without: tuple[Path, dic
 @click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--record", type=click.Path(path_type=Path), default=None, help="Also write the figures as JSON here.")
-def main(index, pairs, keyframes, steps, threads, record):
+@click.option("--picture", type=click.Path(path_type=Path), default=None,
+              help="Also write the transitions as a PNG here (a row each: A's last frame, the clip, B's first).")
+def main(index, pairs, keyframes, steps, threads, record, picture):
     import torch
 
     torch.set_num_threads(threads)
@@ -176,13 +199,15 @@ def main(index, pairs, keyframes, steps, threads, record):
         story = storyboard(folder / "transitions", pairs + 1, transitions=True, steps=steps)
         report = render(story, folder / "transitions" / "out", index, folder / "depth")
         rows = transition_figures(folder / "transitions" / "out", report, judge)
+        if picture is not None:
+            transition_picture(folder / "transitions" / "out", report, picture)
         figures["transitions"] = {**summary(rows), "rows": rows, "seconds": round(time.perf_counter() - began, 1)}
         for row in rows:
             print(f"{row['from']} → {row['to']}: MAD first→A {row['mad']['first_to_a']:.1f} last→B "
                   f"{row['mad']['last_to_b']:.1f} | middle→A {row['mad']['middle_to_a']:.1f} middle→B "
                   f"{row['mad']['middle_to_b']:.1f}   CLIP {row['clip']['first_to_a']:.3f} "
                   f"{row['clip']['last_to_b']:.3f} | {row['clip']['middle_to_a']:.3f} "
-                  f"{row['clip']['middle_to_b']:.3f}   pass "
+                  f"{row['clip']['middle_to_b']:.3f}   largest step {row['mad']['largest_step']:.1f}   pass "
                   f"{row['passes_mad']}/{row['passes_clip']}", flush=True)
         print(json.dumps({k: v for k, v in figures["transitions"].items() if k != "rows"}, indent=1), flush=True)
         if keyframes:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from render.keyframes import DEFAULT_KEYFRAME_BATCH
 from storyreel.command_line import command, named_paths, offline_option, quiet_option
 from storyreel.models.model_options import model_options, model_specification
 
@@ -67,6 +68,9 @@ from storyreel.models.model_options import model_options, model_specification
 @click.option("--keyframes-only", is_flag=True,
               help="Render each shot's first frame as a picture (OUT/keyframes/<id>.png) and a sheet of them "
                    "(OUT/keyframes.png), not the videos: a preview in seconds (see render/keyframes.py).")
+@click.option("--keyframe-batch", type=click.IntRange(min=1), default=DEFAULT_KEYFRAME_BATCH, show_default=True,
+              help="Keyframes made in one sampler call at most (those with the same size, steps, guidance, tau, "
+                   "scheduler and characters): a GPU makes 8 in little more time than 1. 1: one at a time.")
 @click.option("--sweep", "sweep_text", default=None, metavar="NAME=V1,V2,...",
               help="Render the story once per value of a storyboard default (tau, guidance, steps, seed, eta), into "
                    "OUT/sweep/NAME=VALUE/, retrieving footage and computing depth once; compare the variants with "
@@ -75,7 +79,7 @@ from storyreel.models.model_options import model_options, model_specification
 @click.option("--schema", is_flag=True, help="Print the storyboard JSON Schema and exit.")
 def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload, characters, planner,
          llm_base_url, llm_model, llm_model_path, deterministic, allow_other_base, ip_adapter, ip_adapter_variant,
-         sparsectrl, animator, i2vgen, keyframes_only, sweep_text, quiet, schema, **model_flags):
+         sparsectrl, animator, i2vgen, keyframes_only, keyframe_batch, sweep_text, quiet, schema, **model_flags):
     """Render STORYBOARD (a storyboard JSON file) shot by shot; rerunning skips unchanged shots."""
     if schema:
         from storyboard import storyboard_json_schema
@@ -99,7 +103,7 @@ def main(storyboard, index, out, crossfade, device, engine, workers, cpu_offload
                                                               ("model_path", llm_model_path)) if v is not None},
                            deterministic=deterministic, allow_other_base=allow_other_base, ip_adapter=ip_adapter,
                            ip_adapter_variant=ip_adapter_variant, sparsectrl=sparsectrl, animator=animator,
-                           i2vgen=i2vgen)
+                           i2vgen=i2vgen, keyframe_batch=keyframe_batch)
     if sweep_text is not None:
         _sweep(options, sweep_text)
         return

@@ -39,6 +39,18 @@ reproduces exactly with ``tau=1``), plus what Animate-A-Story's renderer needs::
   contains none gets **no** SparseCtrl residuals (rather than a call with an empty mask, which would still add
   the model's unconditioned residuals to frames far from any keyframe); its frames are steered only through
   the overlap fusion with conditioned windows. ``SampleResult.sparse_calls`` counts its calls (per window).
+* **Prompt travel** ``prompt_travel`` (a :class:`PromptTravel`): frame ``f`` sees ``(1 - w[f])`` times the
+  prompt's embeddings plus ``w[f]`` times a second prompt's (both halves with guidance, each with its own per-step
+  hook), as AnimateDiff's prompt travel and ComfyUI's prompt schedules interpolate conditionings per frame; the
+  motion modules keep the frames one clip. A generated transition travels from one shot's caption to the next's
+  (:mod:`render.transitions`). Without it every frame gets the same text (the text rows repeated per frame).
+* **A batch of independent samples** (a story's keyframes, :mod:`render.keyframes`): ``prompt_embeds`` with B rows
+  (or B prompts), ``conditioning`` with B x T frames (sample after sample), ``seed`` a list of B seeds. Each sample
+  gets its own noise from its own generator (``randn_tensor`` with a list of generators, as diffusers does for
+  ``num_images_per_prompt``), and so does each stochastic scheduler step (DDIM with eta > 0, LCM), so every
+  sample is the one its seed would give alone, up to float rounding of the larger matrix products. One negative
+  prompt row is used for all samples. Batches of several samples take a single context window, no SparseCtrl,
+  and IP-Adapter embeddings with 2 x B rows (``[uncond x B, cond x B]``); ``frames`` then holds B x T frames.
 * FreeU (``freeu=True`` or a dict of s1, s2, b1, b2), VAE slicing / tiling, autocast on CUDA, and model CPU
   offload (``components.enable_model_cpu_offload()``: each model on the GPU only for its phase).
 
@@ -66,10 +78,28 @@ OUTPUT_TYPES = ("pt", "np", "latent")
 EmbedsHook = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 
+@dataclass(frozen=True)
+class PromptTravel:
+    """A second prompt the frames travel to: frame ``f``'s text is ``(1 - weights[f]) * prompt + weights[f] * this``
+    (``weights``: one number in [0, 1] per frame). ``negative_prompt_embeds`` None: the sampler's own negative;
+    ``prompt_embeds_for_step``: this prompt's per-step hook (TimeInv characters), as the sampler's."""
+
+    prompt_embeds: torch.Tensor
+    weights: tuple[float, ...]
+    negative_prompt_embeds: torch.Tensor | None = None
+    prompt_embeds_for_step: EmbedsHook | None = None
+
+    @classmethod
+    def linear(cls, prompt_embeds: torch.Tensor, num_frames: int, **kwargs) -> PromptTravel:
+        """From the sampler's prompt at frame 0 to this one at the last frame, in equal steps."""
+        return cls(prompt_embeds, tuple(f / max(num_frames - 1, 1) for f in range(num_frames)), **kwargs)
+
+
 @dataclass
 class SampleResult:
     """``frames``: T x H x W x 3 (float tensor in [0, 1] for "pt", uint8 array for "np", None for "latent");
-    ``latents``: 1 x C x T x h x w; ``controlnet_calls``: ControlNet forward calls (per window); ``windows``:
+    ``latents``: B x C x T x h x w (B: the batch, 1 but for a batch of samples; ``frames`` then B x T, sample after
+    sample); ``controlnet_calls``: ControlNet forward calls (per window); ``windows``:
     the frame index lists denoised together; ``timesteps``: the schedule; ``sparse_calls``: SparseCtrl forward
     calls (per window)."""
 
@@ -107,7 +137,8 @@ class StructureGuidedSampler:
                  conditioning: torch.Tensor | list[torch.Tensor] | None, num_frames: int | None = None,
                  height: int | None = None, width: int | None = None, steps: int = 25,
                  guidance_scale: float = 7.5, tau: float = 1.0, controlnet_scale: ScaleSpec = 1.0,
-                 seed: int | None = None, generator: torch.Generator | None = None, eta: float = 0.0,
+                 seed: int | list[int] | None = None, generator: torch.Generator | list | None = None,
+                 eta: float = 0.0,
                  prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
                  prompt_embeds_for_step: EmbedsHook | None = None, latents: torch.Tensor | None = None,
                  context_window: int = 16, context_stride: int = 8, context_weighting: str = "pyramid",
@@ -115,7 +146,8 @@ class StructureGuidedSampler:
                  vae_slicing: bool = False, vae_tiling: bool = False, autocast_dtype: torch.dtype | None = None,
                  callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
                  ip_adapter_image_embeds: list[torch.Tensor] | None = None, sparse_controlnet=None,
-                 sparse_condition: SparseCondition | None = None) -> SampleResult:
+                 sparse_condition: SparseCondition | None = None,
+                 prompt_travel: PromptTravel | None = None) -> SampleResult:
         c = self.components
         scheduler = self.scheduler
         device = c.device
@@ -127,6 +159,9 @@ class StructureGuidedSampler:
                              "(a render.sparse_control.SparseCondition)")
         if sparse_controlnet is not None:
             check_sparse_controlnet(sparse_controlnet, c)
+        batch = _batch_size(prompt, prompt_embeds, seed)
+        if batch > 1 and sparse_controlnet is not None:
+            raise ValueError(f"a batch of {batch} samples cannot take SparseCtrl: render them one at a time")
 
         # 1. Conditioning: T x 3 x H x W in [0, 1] (a list of 3 x H x W frames is stacked); None: no depth ControlNet.
         if conditioning is None:
@@ -141,9 +176,10 @@ class StructureGuidedSampler:
             cond = torch.stack(list(conditioning)) if isinstance(conditioning, (list, tuple)) else conditioning
             if cond.ndim != 4 or cond.shape[1] != 3:
                 raise ValueError(f"conditioning must be T x 3 x H x W, got shape {tuple(cond.shape)}")
-            num_frames = num_frames or cond.shape[0]
-            if cond.shape[0] != num_frames:
-                raise ValueError(f"conditioning has {cond.shape[0]} frames for num_frames={num_frames}")
+            num_frames = num_frames or cond.shape[0] // batch
+            if cond.shape[0] != batch * num_frames:
+                raise ValueError(f"conditioning has {cond.shape[0]} frames for num_frames={num_frames}"
+                                 + (f" in each of {batch} samples" if batch > 1 else ""))
             height = height or cond.shape[2]
             width = width or cond.shape[3]
         scale = c.vae_scale_factor
@@ -166,11 +202,27 @@ class StructureGuidedSampler:
         prompt_embeds = _as_batch(prompt_embeds).to(device=device, dtype=c.text_encoder.dtype)
         if do_cfg and negative_prompt_embeds is None:
             negative_prompt_embeds = self.encode_prompt(negative_prompt or "")
+        if prompt_embeds.shape[0] != batch:
+            raise ValueError(f"prompt_embeds has {prompt_embeds.shape[0]} rows for a batch of {batch} samples")
         if negative_prompt_embeds is not None:
             negative_prompt_embeds = _as_batch(negative_prompt_embeds).to(device=device, dtype=prompt_embeds.dtype)
+            negative_prompt_embeds = _rows_for_batch(negative_prompt_embeds, batch, "negative_prompt_embeds")
             if do_cfg:
                 check_same_length(prompt_embeds, negative_prompt_embeds)
-        image_embeds = _ip_adapter_embeds(c.unet, ip_adapter_image_embeds, do_cfg, device)
+        travel = None
+        if prompt_travel is not None:  # the second prompt's embeddings and the per-frame weights
+            if batch > 1:
+                raise ValueError("prompt_travel takes one sample, not a batch")
+            if len(prompt_travel.weights) != num_frames:
+                raise ValueError(f"prompt_travel has {len(prompt_travel.weights)} weights for {num_frames} frames")
+            end_cond = _as_batch(prompt_travel.prompt_embeds).to(device=device, dtype=prompt_embeds.dtype)
+            end_uncond = prompt_travel.negative_prompt_embeds
+            end_uncond = (negative_prompt_embeds if end_uncond is None
+                          else _as_batch(end_uncond).to(device=device, dtype=prompt_embeds.dtype))
+            check_same_length(prompt_embeds, end_cond, " (the prompt and prompt_travel's prompt)")
+            weights_f = torch.tensor(prompt_travel.weights, device=device, dtype=prompt_embeds.dtype)
+            travel = (end_cond, end_uncond, prompt_travel.prompt_embeds_for_step, weights_f)
+        image_embeds = _ip_adapter_embeds(c.unet, ip_adapter_image_embeds, do_cfg, device, batch)
         sparse = None
         if sparse_condition is not None:  # the keyframes through the VAE (RGB SparseCtrl), placed at their frames
             c.use("vae")
@@ -179,13 +231,16 @@ class StructureGuidedSampler:
         # 3. Schedule, noise, control strengths, windows.
         scheduler.set_timesteps(steps, device=device)
         timesteps = scheduler.timesteps
-        if generator is None and seed is not None:
-            generator = torch.Generator(device="cpu").manual_seed(seed)
-        shape = (1, c.unet.config.in_channels, num_frames, height // scale, width // scale)
+        if generator is None and seed is not None:  # a batch: one generator per sample, seeded with its seed
+            generator = ([torch.Generator(device="cpu").manual_seed(s) for s in seed] if isinstance(seed, list)
+                         else torch.Generator(device="cpu").manual_seed(seed))
+        shape = (batch, c.unet.config.in_channels, num_frames, height // scale, width // scale)
         if latents is None:
             from diffusers.utils.torch_utils import randn_tensor
             latents = randn_tensor(shape, generator=generator, device=device, dtype=prompt_embeds.dtype)
         else:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents have shape {tuple(latents.shape)}; this sampling needs {shape}")
             latents = latents.to(device=device, dtype=prompt_embeds.dtype)
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = _extra_step_kwargs(scheduler, generator, eta)
@@ -193,6 +248,9 @@ class StructureGuidedSampler:
         if cond is None:  # no depth ControlNet
             scales = [None] * len(timesteps)
         windows = context_windows(num_frames, context_window, context_stride)
+        if batch > 1 and len(windows) > 1:
+            raise ValueError(f"a batch of {batch} samples of {num_frames} frames needs context windows: "
+                             f"render them one at a time, or at most {context_window} frames each")
         weights = window_weights(context_window, context_weighting).to(device=device, dtype=latents.dtype)
         controlnet_calls = 0
         sparse_calls = 0
@@ -212,6 +270,13 @@ class StructureGuidedSampler:
             for i, t in enumerate(timesteps):
                 text = self._text_for_step(i, t, prompt_embeds, negative_prompt_embeds, do_cfg,
                                            prompt_embeds_for_step)
+                if travel is None:  # rows x frames x L x D: the same text for every frame
+                    text = text[:, None].expand(-1, num_frames, -1, -1)
+                else:  # prompt travel: each frame its blend of the two prompts
+                    end = self._text_for_step(i, t, travel[0], travel[1], do_cfg, travel[2])
+                    check_same_length(text, end, f" (prompt_travel's prompt at step {i})")
+                    w = travel[3].view(1, -1, 1, 1)
+                    text = (1 - w) * text[:, None] + w * end[:, None]
                 if len(windows) == 1:
                     noise_pred, calls, s_calls = self._predict(latents, t, text, cond, scales[i], do_cfg,
                                                                guidance_scale, image_embeds, sparse)
@@ -225,7 +290,7 @@ class StructureGuidedSampler:
                         if isinstance(scale_i, torch.Tensor):
                             scale_i = scale_i[frames]
                             scale_i = None if bool((scale_i == 0).all()) else scale_i
-                        pred, calls, s_calls = self._predict(latents[:, :, frames], t, text,
+                        pred, calls, s_calls = self._predict(latents[:, :, frames], t, text[:, frames],
                                                              cond[frames] if cond is not None else None, scale_i,
                                                              do_cfg, guidance_scale, image_embeds, sparse_w)
                         controlnet_calls += calls
@@ -249,27 +314,27 @@ class StructureGuidedSampler:
                             timesteps=[int(t) for t in timesteps], sparse_calls=sparse_calls)
 
     def _text_for_step(self, i, t, cond_embeds, uncond_embeds, do_cfg, hook) -> torch.Tensor:
-        """The text batch of one step, 1 or 2 rows ordered [uncond, cond] (before the per-frame repeat)."""
+        """The text batch of one step, B or 2 x B rows ordered [uncond, cond] (before the per-frame text)."""
         if hook is not None:
             step_cond, step_uncond = hook(i, t)
             cond_embeds = _as_batch(step_cond).to(device=cond_embeds.device, dtype=cond_embeds.dtype)
             if step_uncond is not None:
                 uncond_embeds = _as_batch(step_uncond).to(device=cond_embeds.device, dtype=cond_embeds.dtype)
             if do_cfg:
+                uncond_embeds = _rows_for_batch(uncond_embeds, cond_embeds.shape[0], "the negative embeddings")
                 check_same_length(cond_embeds, uncond_embeds, f" (from prompt_embeds_for_step at step {i})")
         return torch.cat([uncond_embeds, cond_embeds]) if do_cfg else cond_embeds
 
     def _predict(self, latents, t, text, cond, scale, do_cfg, guidance_scale, image_embeds=None,
                  sparse: PreparedSparseCondition | None = None) -> tuple[torch.Tensor, int, int]:
-        """Guided noise prediction for ``latents`` (1 x C x F x h x w) and its F conditioning frames
-        (``image_embeds``: the IP-Adapters' per-adapter tensors, for the UNet only; ``sparse``: the SparseCtrl
-        condition of these F frames, its residuals added to the depth ControlNet's). Returns the prediction and the
-        ControlNet and SparseCtrl calls made."""
+        """Guided noise prediction for ``latents`` (B x C x F x h x w) and its B x F conditioning frames
+        (``text``: rows x F x L x D, each frame's text; ``image_embeds``: the IP-Adapters' per-adapter tensors, for
+        the UNet only; ``sparse``: the SparseCtrl condition of these F frames, its residuals added to the depth
+        ControlNet's). Returns the prediction and the ControlNet and SparseCtrl calls made."""
         c = self.components
-        num_frames = latents.shape[2]
         model_input = torch.cat([latents] * 2) if do_cfg else latents
         model_input = self.scheduler.scale_model_input(model_input, t)
-        text = text.repeat_interleave(repeats=num_frames, dim=0)  # (batch * F, L, D), [uncond..., cond...]
+        text = text.reshape(-1, *text.shape[2:])  # (rows * F, L, D), sample after sample, [uncond..., cond...]
         residuals = {}
         calls = 0
         if scale is not None:
@@ -280,8 +345,8 @@ class StructureGuidedSampler:
                                      conditioning_scale=1.0 if frame_scale else scale, guess_mode=False,
                                      return_dict=False)
             calls = 1
-            if frame_scale:  # per-frame strengths: scale each frame's residuals
-                s = scale.to(device=mid.device, dtype=mid.dtype)
+            if frame_scale:  # per-frame strengths: scale each frame's residuals (of every sample of a batch)
+                s = scale.to(device=mid.device, dtype=mid.dtype).repeat(latents.shape[0])
                 s = (torch.cat([s] * 2) if do_cfg else s).view(-1, 1, 1, 1)
                 down = [d * s for d in down]
                 mid = mid * s
@@ -324,7 +389,8 @@ class StructureGuidedSampler:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, decode_chunk_size: int = 16, slicing: bool = False,
                tiling: bool = False) -> torch.Tensor:
-        """1 x C x T x h x w latents → T x H x W x 3 float frames in [0, 1] (the pipeline's decode + postprocess)."""
+        """B x C x T x h x w latents → B*T x H x W x 3 float frames in [0, 1], sample after sample (the pipeline's
+        decode + postprocess)."""
         vae = self.components.vae
         latents = latents / vae.config.scaling_factor
         b, ch, t, h, w = latents.shape
@@ -355,7 +421,7 @@ def check_same_length(prompt_embeds: torch.Tensor, negative_prompt_embeds: torch
             f"longer one) and pass both")
 
 
-def _ip_adapter_embeds(unet, embeds, do_cfg, device) -> list[torch.Tensor] | None:
+def _ip_adapter_embeds(unet, embeds, do_cfg, device, samples: int = 1) -> list[torch.Tensor] | None:
     """Check ``ip_adapter_image_embeds`` against the IP-Adapters installed on ``unet`` and put them on its device
     and dtype (None when there are none)."""
     projection = getattr(unet, "encoder_hid_proj", None)
@@ -372,17 +438,37 @@ def _ip_adapter_embeds(unet, embeds, do_cfg, device) -> list[torch.Tensor] | Non
     count = len(projection.image_projection_layers)
     if len(embeds) != count:
         raise ValueError(f"{len(embeds)} ip_adapter_image_embeds for {count} installed IP-Adapters")
-    batch = 2 if do_cfg else 1
+    batch = (2 if do_cfg else 1) * samples
     for index, tensor in enumerate(embeds):
         if tensor.ndim < 3 or tensor.shape[0] != batch:
             raise ValueError(f"ip_adapter_image_embeds[{index}] has shape {tuple(tensor.shape)}: expected {batch} x "
                              f"images x ... ({'[uncond, cond] with' if do_cfg else 'cond only without'} "
-                             "classifier-free guidance)")
+                             "classifier-free guidance" + (f", {samples} rows each" if samples > 1 else "") + ")")
     return [tensor.to(device=device, dtype=unet.dtype) for tensor in embeds]
 
 
 def _as_batch(embeds: torch.Tensor) -> torch.Tensor:
     return embeds[None] if embeds.ndim == 2 else embeds
+
+
+def _batch_size(prompt, prompt_embeds, seed) -> int:
+    """How many samples one call makes: the rows of ``prompt_embeds`` (or the prompts); a seed list must match."""
+    if prompt_embeds is not None:
+        batch = _as_batch(prompt_embeds).shape[0]
+    else:
+        batch = len(prompt) if isinstance(prompt, (list, tuple)) else 1
+    if isinstance(seed, list) and len(seed) != batch:
+        raise ValueError(f"{len(seed)} seeds for a batch of {batch} samples: give one seed per sample")
+    return batch
+
+
+def _rows_for_batch(embeds: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    """``embeds`` with ``batch`` rows: one row is used for every sample."""
+    if embeds.shape[0] == batch:
+        return embeds
+    if embeds.shape[0] == 1:
+        return embeds.expand(batch, *embeds.shape[1:])
+    raise ValueError(f"{name} has {embeds.shape[0]} rows for a batch of {batch} samples")
 
 
 def _extra_step_kwargs(scheduler, generator, eta) -> dict:

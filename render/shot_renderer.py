@@ -190,39 +190,58 @@ class ShotRenderer:
             keyframe=keyframe_record or None,
         )
 
-    def render_keyframe(self, shot, segment: Segment, settings_hash: str, consistency=None) -> dict:
-        """The shot's first frame as a picture (:mod:`render.keyframes`): the shot's depth (computed and cached as
-        for the shot), its first frame guiding the image model; writes ``keyframes/<safe_id>.png`` and returns the
-        record its sidecar holds."""
+    def render_keyframes(self, batch: list[tuple], consistency=None) -> list[dict]:
+        """The first frames of a batch of shots as pictures (:mod:`render.keyframes`), in one sampler call: each
+        shot's depth (computed and cached as for the shot), its first frame guiding the image model. ``batch``:
+        ``(shot, segment, settings_hash)`` triples that :func:`render.keyframes.keyframe_batches` put together
+        (the same size, steps, guidance, tau, scheduler, eta, and characters at the same scales); ``consistency``
+        only for a batch of one. Writes each ``keyframes/<safe_id>.png`` and returns the records their sidecars
+        hold, in ``batch``'s order."""
         from PIL import Image
 
-        from render.keyframes import keyframe_files
+        from render.keyframes import keyframe_files, same_length_groups
         from storyreel.atomic_files import atomic_path
         from structure.extract import extract_depth
 
+        if consistency is not None and len(batch) > 1:
+            raise ValueError("consistent self-attention makes keyframes one at a time: a batch of one")
         self.load()
         began = time.perf_counter()
-        depth = extract_depth(segment.range, frames=shot.frames, size=shot.size, estimator=self._depth,
-                              cache=self.depth_cache_folder(), fps=shot.fps, depth_range=shot.depth_range)
-        prompts = self._encode_prompts(shot)
-        consistency_record, ip_adapter_record = {}, {}
-        image_embeds = self._image_embeds(shot, ip_adapter_record)
-        frames, controlnet_calls = self._sample(shot, prompts, depth, consistency, consistency_record, image_embeds,
-                                                keyframe=True)
-        files = keyframe_files(self.settings.out, shot)
-        files["png"].parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(files["png"]) as tmp:
-            Image.fromarray(frames[0]).save(tmp, format="PNG")
-        with atomic_path(files["preview"]) as tmp:  # the footage's first frame and its depth, for the sheet
-            with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, retrieved=self._footage_frames(shot, segment, [0]),
-                                    depth=(depth.depth[:1] * 255).round().astype(np.uint8))
-        return {"settings_hash": settings_hash, "shot": shot.id, "safe_id": shot.safe_id, "segment": segment,
-                "prompt": prompts.text, "seed": shot.seed, "tau": shot.tau, "steps": shot.steps,
+        depths, prompts, image_embeds, ip_records = [], [], [], []
+        for shot, segment, _ in batch:
+            depths.append(extract_depth(segment.range, frames=shot.frames, size=shot.size, estimator=self._depth,
+                                        cache=self.depth_cache_folder(), fps=shot.fps,
+                                        depth_range=shot.depth_range))
+            prompts.append(self._encode_prompts(shot))
+            ip_records.append({})
+            image_embeds.append(self._image_embeds(shot, ip_records[-1]))
+        consistency_record, frames, controlnet_calls = {}, [None] * len(batch), 0
+        for group in same_length_groups(prompts):  # one token length per sampler call (compel: 77, 154, ...)
+            pictures, controlnet_calls = self._sample_keyframes(
+                [batch[i][0] for i in group], [prompts[i] for i in group], [depths[i] for i in group],
+                [image_embeds[i] for i in group], consistency, consistency_record)
+            for index, picture in zip(group, pictures):
+                frames[index] = picture
+        seconds = time.perf_counter() - began
+        records = []
+        for index, (shot, segment, settings_hash) in enumerate(batch):
+            files = keyframe_files(self.settings.out, shot)
+            files["png"].parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(files["png"]) as tmp:
+                Image.fromarray(frames[index]).save(tmp, format="PNG")
+            with atomic_path(files["preview"]) as tmp:  # the footage's first frame and its depth, for the sheet
+                with open(tmp, "wb") as handle:
+                    np.savez_compressed(handle, retrieved=self._footage_frames(shot, segment, [0]),
+                                        depth=(depths[index].depth[:1] * 255).round().astype(np.uint8))
+            records.append({
+                "settings_hash": settings_hash, "shot": shot.id, "safe_id": shot.safe_id, "segment": segment,
+                "prompt": prompts[index].text, "seed": shot.seed, "tau": shot.tau, "steps": shot.steps,
                 "guidance": shot.guidance, "width": shot.width, "height": shot.height,
-                "controlnet_calls": controlnet_calls, "characters": prompts.characters,
-                "consistency": consistency_record or None, "ip_adapter": ip_adapter_record or None,
-                "seconds": round(time.perf_counter() - began, 3)}
+                "controlnet_calls": controlnet_calls, "characters": prompts[index].characters,
+                "consistency": consistency_record or None, "ip_adapter": ip_records[index] or None,
+                "seconds": round(seconds / len(batch), 3),
+                "batch": {"shots": [s.id for s, _, _ in batch], "seconds": round(seconds, 3)}})
+        return records
 
     def _encode_prompts(self, shot) -> _Prompts:
         """The render prompt (caption and style) and the negative prompt through compel ((word)1.3, word++,
@@ -238,16 +257,13 @@ class ShotRenderer:
         return _Prompts(text=prompt, cond=cond, uncond=uncond, per_step=per_step, characters=characters)
 
     def _sample(self, shot, prompts: _Prompts, depth, consistency=None, consistency_record: dict | None = None,
-                image_embeds=None, keyframe: bool = False, sparse=None,
-                sparse_record: dict | None = None) -> tuple[np.ndarray, int]:
+                image_embeds=None, sparse=None, sparse_record: dict | None = None) -> tuple[np.ndarray, int]:
         """The shot's frames (``T x H x W x 3`` uint8) guided by ``depth``, and how many ControlNet calls it took;
         with ``consistency``, under consistent self-attention, its bank saved and what it did put in
-        ``consistency_record``. ``keyframe``: only the first frame, by the image model (:mod:`render.keyframes`)
-        guided by the first depth frame."""
+        ``consistency_record``."""
         import torch
         from tqdm import tqdm
 
-        from render.keyframes import image_model
         from render.sampler import StructureGuidedSampler
         from storyreel.models.schedulers import preset_scheduler
         from structure.conditioning import controlnet_condition
@@ -256,12 +272,9 @@ class ShotRenderer:
         scheduler = preset_scheduler(self._components.preset, shot.scheduler)
         sampler = StructureGuidedSampler(self._components, scheduler=scheduler)
         conditioning = controlnet_condition(depth)
-        if keyframe:
-            conditioning = conditioning[:1]
         with tqdm(disable=not self.settings.progress, dynamic_ncols=True, total=shot.steps, desc=f"  {shot.id}",
                   unit="step", leave=False) as steps, \
-                self._consistency(shot, consistency, consistency_record), \
-                (image_model(self._components.unet) if keyframe else contextlib.nullcontext()):
+                self._consistency(shot, consistency, consistency_record):
             result = sampler(prompt_embeds=prompts.cond, negative_prompt_embeds=prompts.uncond,
                              prompt_embeds_for_step=prompts.per_step, conditioning=conditioning,
                              num_frames=len(conditioning), height=shot.height, width=shot.width, steps=shot.steps,
@@ -273,6 +286,42 @@ class ShotRenderer:
             sparse_record["sparse_calls"] = int(result.sparse_calls)
         frames = np.asarray(result.frames)
         controlnet_calls = int(result.controlnet_calls)
+        del result
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return frames, controlnet_calls
+
+    def _sample_keyframes(self, shots: list, prompts: list[_Prompts], depths: list, image_embeds: list,
+                          consistency=None, consistency_record: dict | None = None) -> tuple[np.ndarray, int]:
+        """The keyframes of ``shots`` (``B x H x W x 3`` uint8) by the image model (:mod:`render.keyframes`), each
+        guided by its first depth frame, with its own prompt, per-step character embeddings, IP-Adapter embeddings
+        and seed, all in one sampler call (samples of one batch do not see each other); and the ControlNet calls
+        it took."""
+        import torch
+        from tqdm import tqdm
+
+        from render.keyframes import batched_embeds_hook, batched_image_embeds, image_model
+        from render.sampler import StructureGuidedSampler
+        from storyreel.models.schedulers import preset_scheduler
+        from structure.conditioning import controlnet_condition
+
+        first = shots[0]
+        scheduler = preset_scheduler(self._components.preset, first.scheduler)
+        sampler = StructureGuidedSampler(self._components, scheduler=scheduler)
+        conditioning = torch.cat([controlnet_condition(depth)[:1] for depth in depths])
+        name = first.id if len(shots) == 1 else f"{len(shots)} keyframes"
+        with tqdm(disable=not self.settings.progress, dynamic_ncols=True, total=first.steps, desc=f"  {name}",
+                  unit="step", leave=False) as steps, \
+                self._consistency(first, consistency, consistency_record), image_model(self._components.unet):
+            result = sampler(prompt_embeds=torch.cat([p.cond for p in prompts]),
+                             negative_prompt_embeds=torch.cat([p.uncond for p in prompts]),
+                             prompt_embeds_for_step=batched_embeds_hook(prompts), conditioning=conditioning,
+                             num_frames=1, height=first.height, width=first.width, steps=first.steps,
+                             guidance_scale=first.guidance, tau=first.tau, eta=first.eta,
+                             seed=first.seed if len(shots) == 1 else [shot.seed for shot in shots],
+                             output_type="np", ip_adapter_image_embeds=batched_image_embeds(image_embeds),
+                             callback=lambda i, t, latents: steps.update(1))
+        frames, controlnet_calls = np.asarray(result.frames), int(result.controlnet_calls)
         del result
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -380,9 +429,10 @@ class ShotRenderer:
 
     def render_transition(self, before, after, boundary) -> dict:
         """A generated transition (:mod:`render.transitions`): ``boundary.frames`` frames conditioned through
-        SparseCtrl on ``before``'s last frame (frame 0) and ``after``'s first (the last frame), with ``after``'s
-        prompt, characters, steps and guidance and no depth; writes its mp4 and returns its sidecar record."""
-        from render.sampler import StructureGuidedSampler
+        SparseCtrl on ``before``'s last frame (frame 0) and ``after``'s first (the last frame), the text travelling
+        from ``before``'s prompt to ``after``'s (both shots' characters on), with ``after``'s steps, guidance and
+        IP-Adapter and no depth; writes its mp4 and returns its sidecar record."""
+        from render.sampler import PromptTravel, StructureGuidedSampler
         from render.sparse_control import SparseCondition, load_sparse_controlnet
         from render.transitions import transition_seed
         from storyreel.models.schedulers import preset_scheduler
@@ -392,7 +442,17 @@ class ShotRenderer:
         began = time.perf_counter()
         first = read_video(shot_files(self.settings.out, before)["mp4"])[0][-1]
         last = read_video(shot_files(self.settings.out, after)["mp4"])[0][0]
+        start = self._encode_prompts(before)
         prompts = self._encode_prompts(after)
+        characters = {**start.characters, **prompts.characters}
+        if self._characters is not None:  # both shots' characters' LoRAs (after's scale where both have one)
+            self._characters.activate({name: use.scale for name, use in characters.items()})
+        travel = None
+        if start.cond.shape == prompts.cond.shape:  # compel's lengths (77, 154, ...) must agree to blend
+            travel = PromptTravel.linear(prompts.cond, boundary.frames, negative_prompt_embeds=prompts.uncond,
+                                         prompt_embeds_for_step=prompts.per_step)
+            prompts = _Prompts(text=start.text, cond=start.cond, uncond=start.uncond, per_step=start.per_step,
+                               characters=characters)
         ip_adapter_record = {}
         image_embeds = self._image_embeds(after, ip_adapter_record)
         condition = SparseCondition.transition(first, last)
@@ -403,11 +463,16 @@ class ShotRenderer:
                          prompt_embeds_for_step=prompts.per_step, conditioning=None, num_frames=boundary.frames,
                          height=after.height, width=after.width, steps=after.steps, guidance_scale=after.guidance,
                          eta=after.eta, seed=seed, output_type="np", ip_adapter_image_embeds=image_embeds,
-                         sparse_controlnet=self._sparse_model(load_sparse_controlnet), sparse_condition=condition)
+                         sparse_controlnet=self._sparse_model(load_sparse_controlnet), sparse_condition=condition,
+                         prompt_travel=travel)
         boundary.mp4.parent.mkdir(parents=True, exist_ok=True)
         write_mp4(np.asarray(result.frames), boundary.mp4, after.fps)
         return {"settings_hash": boundary.settings_hash, "from": before.id, "to": after.id,
-                "frames": boundary.frames, "seconds_long": boundary.seconds, "prompt": prompts.text, "seed": seed,
+                "frames": boundary.frames, "seconds_long": boundary.seconds,
+                "prompt": {"from": start.text if travel is not None else with_style(after.prompt, after.style),
+                           "to": with_style(after.prompt, after.style),
+                           "travel": "linear" if travel is not None else None},
+                "characters": sorted(characters), "seed": seed,
                 "steps": after.steps, "guidance": after.guidance, "sparsectrl": self.settings.sparsectrl,
                 "sparse_calls": int(result.sparse_calls), "frame_indices": [0, boundary.frames - 1],
                 "ip_adapter": ip_adapter_record or None, "seconds": round(time.perf_counter() - began, 3)}

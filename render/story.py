@@ -72,7 +72,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from render.keyframes import KeyframeUse, keyframe_hash, keyframe_use
+from render.keyframes import DEFAULT_KEYFRAME_BATCH, KeyframeUse, keyframe_hash, keyframe_use
 from render.shot_renderer import (
     DETERMINISTIC_CPU_THREADS,
     RenderSettings,
@@ -155,6 +155,7 @@ class StoryOptions:
     sparsectrl: str | None = None  # SparseCtrl RGB for keyframe shots: hub id, tiny or a folder (None: preset's)
     animator: str = "sparsectrl"  # what animates keyframe shots: sparsectrl (with depth) or i2vgen-xl (without)
     i2vgen: str | None = None  # I2VGen-XL for --animator i2vgen-xl: hub id, tiny or a folder (None: preset's)
+    keyframe_batch: int = DEFAULT_KEYFRAME_BATCH  # keyframes per sampler call at most (render.keyframes)
 
 
 @dataclass
@@ -578,16 +579,16 @@ def _render_keyframes(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
     renderer = ShotRenderer(plan.render_settings())
     to_make = [shot for shot in plan.shots if shot.id not in records]
     check_models_available(plan, [shot for shot in to_make if shot.id not in shot_sidecars], keyframes_only=True)
-    for shot in plan.shots:
-        if shot.id in records:
-            continue
-        segment = (shot_sidecars[shot.id].segment if shot.id in shot_sidecars
-                   else (plan.options.footage or {}).get(shot.id) or choose_segment(plan, shot, avoid=list(used)))
-        used.append(segment.range)
-        records[shot.id] = make_keyframe(plan, renderer, shot, segment)
-        status[shot.id] = "rendered"
-        record = records[shot.id]
-        echo(f"{shot.id}: keyframe in {record['seconds']:.1f} s")
+    segments = {}
+    for shot in to_make:  # footage first: a shot no footage can fill fails before any model loads
+        segments[shot.id] = (shot_sidecars[shot.id].segment if shot.id in shot_sidecars
+                             else (plan.options.footage or {}).get(shot.id)
+                             or choose_segment(plan, shot, avoid=list(used)))
+        used.append(segments[shot.id].range)
+    made: dict[str, dict] = {}
+    _make_keyframes(plan, renderer, to_make, segments, made, echo)
+    for shot in to_make:
+        records[shot.id], status[shot.id] = made[shot.id], "rendered"
     import numpy as np
     from PIL import Image
 
@@ -609,35 +610,62 @@ def _render_keyframes(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
             "skipped": [s.id for s in plan.shots if status[s.id] == "skipped"], "sheet": str(sheet)}
 
 
-def make_keyframe(plan: StoryPlan, renderer: ShotRenderer, shot, segment: Segment) -> dict:
-    """Render ``shot``'s keyframe (``out/keyframes/<safe_id>.png``) and write its sidecar, with the picture's SHA-256
-    (an edit changes it: the shot animated from it then uses the edited picture as it is)."""
+def make_keyframes(plan: StoryPlan, renderer: ShotRenderer, shots: list, segments: dict) -> list[dict]:
+    """Render the keyframes of ``shots`` (``out/keyframes/<safe_id>.png``) in one sampler call, a batch of
+    :func:`render.keyframes.keyframe_batches`, and write their sidecars, each with its picture's SHA-256 (an edit
+    changes it: the shot animated from it then uses the edited picture as it is)."""
     from dataclasses import asdict
 
     from render.keyframes import keyframe_files
     from storyreel.atomic_files import write_json
 
-    files = keyframe_files(plan.out, shot)
-    record = renderer.render_keyframe(shot, segment, plan.keyframe_hashes[shot.id],
-                                      plan.keyframe_consistency.get(shot.id))
-    record.update(segment=asdict(segment), characters={k: asdict(v) for k, v in record["characters"].items()},
-                  png_sha256=file_sha256(files["png"]))
-    write_json(files["sidecar"], record)
-    return record
+    consistency = plan.keyframe_consistency.get(shots[0].id) if len(shots) == 1 else None
+    records = renderer.render_keyframes([(shot, segments[shot.id], plan.keyframe_hashes[shot.id]) for shot in shots],
+                                        consistency)
+    for shot, record in zip(shots, records):
+        files = keyframe_files(plan.out, shot)
+        record.update(segment=asdict(record["segment"]),
+                      characters={k: asdict(v) for k, v in record["characters"].items()},
+                      png_sha256=file_sha256(files["png"]))
+        write_json(files["sidecar"], record)
+    return records
 
 
-def _make_keyframe_with_banks(plan: StoryPlan, renderer: ShotRenderer, shot, segments: dict, made: set[str],
-                              echo: Callable[[str], None]) -> None:
-    """Make ``shot``'s keyframe, after the keyframes of its consistency references when their keyframe banks are
-    missing (a keyframe attends to the references' keyframe banks, which their keyframes record)."""
+def _make_keyframes(plan: StoryPlan, renderer: ShotRenderer, shots: list, segments: dict, made: dict[str, dict],
+                    echo: Callable[[str], None]) -> None:
+    """Make the keyframes of ``shots`` not yet in ``made`` (shot id → its record, filled in), in the batches of
+    :func:`render.keyframes.keyframe_batches` (``--keyframe-batch`` at most); a keyframe with consistent
+    self-attention alone, after the keyframes of its references whose keyframe banks are missing (it attends to
+    them)."""
+    from render.keyframes import keyframe_batches
+
     by_id = {s.id: s for s in plan.shots}
-    use = plan.keyframe_consistency.get(shot.id)
-    for ref, bank, _ in (use.attends if use is not None else ()):
-        if not bank.is_file() and ref not in made:
-            _make_keyframe_with_banks(plan, renderer, by_id[ref], segments, made, echo)
-    make_keyframe(plan, renderer, shot, segments[shot.id])
-    made.add(shot.id)
-    echo(f"{shot.id}: keyframe rendered (keyframes/{shot.safe_id}.png)")
+
+    def with_banks(shot) -> None:
+        use = plan.keyframe_consistency.get(shot.id)
+        for ref, bank, _ in (use.attends if use is not None else ()):
+            if not bank.is_file() and ref not in made:
+                with_banks(by_id[ref])
+        make([shot])
+
+    def make(batch: list) -> None:
+        records = make_keyframes(plan, renderer, batch, segments)
+        made.update({shot.id: record for shot, record in zip(batch, records)})
+        if len(batch) == 1:
+            echo(f"{batch[0].id}: keyframe in {records[0]['seconds']:.1f} s (keyframes/{batch[0].safe_id}.png)")
+        else:
+            echo(f"{', '.join(shot.id for shot in batch)}: {len(batch)} keyframes in one batch, "
+                 f"{records[0]['batch']['seconds']:.1f} s ({records[0]['seconds']:.1f} s each)")
+
+    def alone(shot) -> bool:
+        return plan.keyframe_consistency.get(shot.id) is not None
+
+    for batch in keyframe_batches(shots, plan.options.keyframe_batch, alone=alone):
+        batch = [shot for shot in batch if shot.id not in made]  # made first as a reference's keyframe
+        if batch and alone(batch[0]):
+            with_banks(batch[0])
+        elif batch:
+            make(batch)
 
 
 def prepare_sweep(options: StoryOptions, sweep) -> list[StoryPlan]:
@@ -691,15 +719,15 @@ def _render_story(plan: StoryPlan, echo: Callable[[str], None]) -> dict:
     (out / "shots").mkdir(parents=True, exist_ok=True)
     segments = {**{shot_id: sidecar.segment for shot_id, sidecar in sidecars.items()},
                 **{job[0].id: job[1] for job in jobs}}
-    made: set[str] = set()
-    for shot, _, _, _, _, keyframe in jobs:  # keyframe shots whose keyframe is still to be made: first
-        if keyframe is not None and keyframe.needs_render:
-            _make_keyframe_with_banks(plan, renderer, shot, segments, made, echo)
+    made: dict[str, dict] = {}
+    # keyframe shots whose keyframe is still to be made: first (in batches)
+    _make_keyframes(plan, renderer, [job[0] for job in jobs if job[5] is not None and job[5].needs_render],
+                    segments, made, echo)
     by_id = {shot.id: shot for shot in plan.shots}
     for _, _, _, _, consistency, _ in jobs:  # reference: "keyframes": the reference keyframes record the banks
-        for ref, bank, _ in (consistency.attends if consistency is not None else ()):
-            if is_keyframe_bank(bank) and not bank.is_file() and ref not in made:
-                _make_keyframe_with_banks(plan, renderer, by_id[ref], segments, made, echo)
+        refs = [by_id[ref] for ref, bank, _ in (consistency.attends if consistency is not None else ())
+                if is_keyframe_bank(bank) and not bank.is_file() and ref not in made]
+        _make_keyframes(plan, renderer, refs, segments, made, echo)
 
     with tqdm(disable=not options.progress, dynamic_ncols=True, total=len(plan.shots), initial=len(sidecars),
               desc="story", unit="shot") as bar:

@@ -2,8 +2,10 @@
 
 StoryDiffusion generates the motion between two story images (its predictor was never released); storyreel does
 it with what AnimateDiff users have: a short clip conditioned through SparseCtrl RGB on the last frame of one
-shot (frame 0) and the first frame of the next (its last frame), with the next shot's caption, characters,
-steps and guidance, and no depth guidance (there is no footage between two shots). A shot's ``transition``
+shot (frame 0) and the first frame of the next (its last frame), its text travelling frame by frame from the first
+shot's caption to the next's (:class:`render.sampler.PromptTravel`, linear: AnimateDiff's prompt travel), with both
+shots' characters, the next shot's steps, guidance and IP-Adapter, and no depth guidance (there is no footage
+between two shots). A shot's ``transition``
 (or ``defaults.transition``) says which: ``cut``, ``crossfade`` (``transition_seconds`` overlapped) or
 ``generate`` (a clip of ``transition_seconds`` put between the two shots); left out, ``render-story
 --crossfade`` decides, as before.
@@ -20,7 +22,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-TRANSITION_VERSION = 1
+TRANSITION_VERSION = 2  # 2: the text travels from the first shot's caption to the next's
 TRANSITION_FOLDER = "transitions"
 GENERATE, CROSSFADE, CUT = "generate", "crossfade", "cut"
 

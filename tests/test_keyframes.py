@@ -271,3 +271,62 @@ def test_a_model_config_names_the_sparsectrl_model_and_the_flag_wins(synthetic_l
     bad.write_text('[components]\nsparsectrl = "weights.ckpt"\n')
     result = CliRunner().invoke(main, [str(story), "--out", str(tmp_path / "bad"), "--model-config", str(bad)])
     assert result.exit_code == 2 and "sparsectrl" in result.output and "pickle" in result.output
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_a_batch_of_keyframes_equals_each_keyframe_alone(components, eta):
+    """A story's keyframes in one sampler call (B samples of one frame, each its own prompt, depth and seed) are
+    the keyframes rendered one at a time: the same noise per seed, also in DDIM's stochastic steps (eta 1)."""
+    prompts = ["a knight riding a horse", "a hare in a meadow", "a boat on a lake"]
+    seeds = [3, 7, 11]
+    depths = [depth_frame(), depth_frame().flip(-1), 1 - depth_frame()]
+    sampler = StructureGuidedSampler(components)
+    embeds = torch.cat([sampler.encode_prompt(p) for p in prompts])
+    common = dict(steps=STEPS, guidance_scale=7.5, tau=0.5, eta=eta, output_type="pt")
+    rows = []
+    handle = components.unet.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    try:
+        with image_model(components.unet):
+            batch = sampler(prompt_embeds=embeds, negative_prompt="blurry", conditioning=torch.cat(depths),
+                            seed=seeds, **common)
+    finally:
+        handle.remove()
+    with image_model(components.unet):
+        alone = [sampler(p, "blurry", conditioning=d, seed=s, **common) for p, d, s in zip(prompts, depths, seeds)]
+    assert rows == [2 * 3] * STEPS  # one UNet call per step for the three, [uncond, cond] each
+    assert batch.latents.shape[0] == 3 and batch.frames.shape == (3, SIZE, SIZE, 3)
+    assert batch.controlnet_calls == alone[0].controlnet_calls == STEPS // 2  # tau as for one keyframe
+    for index, single in enumerate(alone):
+        assert torch.allclose(batch.latents[index:index + 1], single.latents, atol=1e-5)
+        assert torch.allclose(batch.frames[index:index + 1], single.frames, atol=1e-5)
+    assert not torch.allclose(batch.frames[0], batch.frames[1], atol=1e-2)  # three pictures, not one
+
+
+def test_a_batch_checks_its_seeds_and_conditioning(components):
+    sampler = StructureGuidedSampler(components)
+    embeds = torch.cat([sampler.encode_prompt(p) for p in ["a hare", "a fox"]])
+    with pytest.raises(ValueError, match="3 seeds for a batch of 2"):
+        sampler(prompt_embeds=embeds, conditioning=torch.cat([depth_frame()] * 2), steps=1, seed=[1, 2, 3])
+    with pytest.raises(ValueError, match="in each of 2 samples"):
+        sampler(prompt_embeds=embeds, conditioning=torch.cat([depth_frame()] * 3), steps=1, seed=[1, 2],
+                num_frames=1)
+
+
+def test_keyframe_batches_group_shots_that_can_share_a_sampler_call():
+    from types import SimpleNamespace
+
+    from render.keyframes import keyframe_batches
+
+    def shot(id_, characters=(("hare", 1.0),), **changes):
+        values = dict(width=64, height=64, steps=3, guidance=7.5, tau=0.5, eta=0.0, scheduler="ddim")
+        values.update(changes)
+        return SimpleNamespace(id=id_, characters=[SimpleNamespace(name=n, scale=s, ip_adapter_scale=0.6)
+                                                   for n, s in characters], **values)
+
+    shots = [shot("a"), shot("b", characters=()), shot("c"), shot("d", steps=4), shot("e"), shot("f"),
+             shot("g", characters=(("hare", 0.5),)), shot("h", tau=0.8), shot("i")]
+    ids = [[s.id for s in batch] for batch in keyframe_batches(shots, limit=3, alone=lambda s: s.id == "f")]
+    assert ids == [["a", "c", "e"], ["b"], ["d"], ["f"], ["g"], ["h"], ["i"]]
+    assert [[s.id for s in b] for b in keyframe_batches(shots[:3], limit=1)] == [["a"], ["b"], ["c"]]
+    with pytest.raises(ValueError, match="at least 1"):
+        keyframe_batches(shots, limit=0)

@@ -112,3 +112,33 @@ def _pickle_file(folder):
     path = folder / "hare.pt"
     torch.save({"<hare>": torch.zeros(32)}, path)
     return path
+
+
+def test_keyframes_in_batches_are_the_keyframes_made_one_at_a_time(tiny_index, character_files, tmp_path):
+    """`--keyframes-only` makes the keyframes of shots with the same characters in one sampler call (challenge and
+    finish: hare and tortoise); each is the picture made alone (`--keyframe-batch 1`), its own TimeInv rows, LoRA
+    scales, depth and seed included, up to float rounding."""
+    from PIL import Image
+
+    storyboard = cheap_storyboard(tmp_path)
+    cast = ["--character", f"hare={character_files['hare']}", "--character",
+            f"tortoise={character_files['tortoise']}"]
+    pictures = {}
+    for batch in (8, 1):
+        out = tmp_path / f"batch-{batch}"
+        result = run(storyboard, "--index", tiny_index, "--out", out, "--models", "tiny", *cast, "--keyframes-only",
+                     "--keyframe-batch", batch)
+        assert result.exit_code == 0, result.output
+        pictures[batch] = {p.stem: np.asarray(Image.open(p)).astype(int) for p in (out / "keyframes").glob("*.png")}
+        records = {p.stem: json.loads(p.read_text()) for p in (out / "keyframes").glob("*.json")}
+        batches = {shot: record["batch"]["shots"] for shot, record in records.items()}
+        if batch == 8:
+            assert "challenge, finish: 2 keyframes in one batch" in result.output
+            assert batches == {"challenge": ["challenge", "finish"], "finish": ["challenge", "finish"],
+                               "sprint": ["sprint"], "plod": ["plod"]}
+        else:
+            assert batches == {shot: [shot] for shot in records}
+    assert sorted(pictures[8]) == sorted(pictures[1]) == ["challenge", "finish", "plod", "sprint"]
+    for shot in pictures[8]:
+        assert np.abs(pictures[8][shot] - pictures[1][shot]).max() <= 1, shot
+    assert np.abs(pictures[8]["challenge"] - pictures[8]["finish"]).mean() > 2.0  # two pictures, not one twice

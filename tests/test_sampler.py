@@ -333,3 +333,39 @@ def components_encode(components, prompt):
     from render.sampler import StructureGuidedSampler
 
     return StructureGuidedSampler(components).encode_prompt(prompt)
+
+
+# -- prompt travel ------------------------------------------------------------------------------------------
+def test_prompt_travel_gives_each_frame_its_blend_of_the_two_prompts(components, cond):
+    """Weights 0 are the prompt alone, weights 1 the second prompt alone (also across context windows); linear
+    weights reach the UNet as frame 0 = the first prompt, the last frame = the second, the middle a blend."""
+    from render.sampler import PromptTravel
+
+    sampler = StructureGuidedSampler(components)
+    first, second = sampler.encode_prompt(PROMPT), sampler.encode_prompt("a boat on a calm lake")
+    negative = sampler.encode_prompt(NEGATIVE)
+    args = dict(negative_prompt_embeds=negative, output_type="latent")
+    plain = _sample(components, cond, prompt_embeds=first, **args).latents
+    travel = _sample(components, cond, prompt_embeds=first, **args,
+                     prompt_travel=PromptTravel(second, (0.0,) * FRAMES)).latents
+    assert torch.equal(plain, travel)
+    windows = dict(context_window=4, context_stride=2)
+    arrived = _sample(components, cond, prompt_embeds=first, **args, **windows,
+                      prompt_travel=PromptTravel(second, (1.0,) * FRAMES)).latents
+    assert torch.allclose(arrived, _sample(components, cond, prompt_embeds=second, **args, **windows).latents,
+                          atol=1e-6)
+
+    seen = []
+    handle = components.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True)
+    try:
+        _sample(components, cond, prompt_embeds=first, steps=1, **args,
+                prompt_travel=PromptTravel.linear(second, FRAMES))
+    finally:
+        handle.remove()
+    text = seen[0].view(2, FRAMES, *first.shape[1:])  # [uncond, cond] x frames
+    assert torch.equal(text[1, 0], first[0]) and torch.allclose(text[1, -1], second[0], atol=1e-6)
+    assert torch.allclose(text[1, 2], 0.6 * first[0] + 0.4 * second[0], atol=1e-6)
+    assert all(torch.allclose(text[0, f], negative[0], atol=1e-6) for f in range(FRAMES))  # one negative, all frames
+    with pytest.raises(ValueError, match="3 weights for 6 frames"):
+        _sample(components, cond, prompt_embeds=first, prompt_travel=PromptTravel(second, (0.0, 0.5, 1.0)))

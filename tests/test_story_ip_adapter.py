@@ -170,3 +170,27 @@ def test_timeinv_lora_pictures_and_consistency_compose(renders, clip, pictures, 
     assert run["consistency"]["attends"][0]["source_shot"] == "meet"
     assert digests(tmp_path / "with")["run"] != digests(tmp_path / "without")["run"]
     assert without["shots"][2]["characters"] == {}
+
+
+def test_keyframes_with_pictures_in_a_batch_are_the_keyframes_made_alone(clip, pictures, tmp_path):
+    """meet and run (the hare, with pictures) share one sampler call; each row gets its own IP-Adapter embeddings
+    ([uncond x 2, cond x 2]), so the pictures equal `--keyframe-batch 1`'s and differ from those without pictures."""
+    import numpy as np
+    from PIL import Image
+
+    def keyframes(story, out, *extra):
+        result = invoke(story, out, "--keyframes-only", *extra)
+        assert result.exit_code == 0, result.output
+        return result.output, {p.stem: np.asarray(Image.open(p)).astype(int)
+                               for p in sorted((out / "keyframes").glob("*.png"))}
+
+    story = storyboard(tmp_path / "with", clip, [str(p) for p in sorted(pictures.glob("*.png"))])
+    output, batched = keyframes(story, tmp_path / "batched")
+    assert "meet, run: 2 keyframes in one batch" in output
+    _, alone = keyframes(story, tmp_path / "alone", "--keyframe-batch", "1")
+    _, plain = keyframes(storyboard(tmp_path / "without", clip, None), tmp_path / "plain")
+    for shot in ("meet", "run", "walk"):
+        assert np.abs(batched[shot] - alone[shot]).max() <= 1, shot
+    for shot in ("meet", "run"):
+        assert np.abs(batched[shot] - plain[shot]).mean() > 1.0, shot
+    assert np.abs(batched["walk"] - plain["walk"]).max() <= 1  # the tortoise has no pictures

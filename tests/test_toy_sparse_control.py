@@ -34,6 +34,11 @@ LAST_RATIO_CEILING = 1.0
 LAST_GAIN_FLOOR = 0.15
 FIRST_RATIO_CEILING = 1.5
 FIRST_GAIN_FLOOR = 0.5
+# With the text travelling from A's caption to B's (render-story's transitions since prompt travel), the same two
+# pairs: A's end 0.83 and 0.43, B's end 0.66 and 0.94 (1.63 and 0.80, 0.62 and 0.96 with B's caption alone):
+# every end under 1, the issue's criterion pair by pair; A's end at least TRAVEL_FIRST_GAIN_FLOOR nearer on the mean.
+TRAVEL_RATIO_CEILING = 1.0
+TRAVEL_FIRST_GAIN_FLOOR = 0.3
 
 
 def _copy_toy_files(folder: Path) -> Path:
@@ -119,6 +124,29 @@ def test_a_transitions_ends_move_toward_the_boundary_frames(toy):
     first, last, first_zeroed, last_zeroed = np.mean(figures, axis=0)
     assert last <= LAST_RATIO_CEILING and last <= last_zeroed - LAST_GAIN_FLOOR, figures
     assert first <= FIRST_RATIO_CEILING and first <= first_zeroed - FIRST_GAIN_FLOOR, figures
+
+
+def test_prompt_travel_brings_a_transitions_first_frame_to_the_previous_shot(toy):
+    """As render-story makes a transition: the text travels from A's caption (frame 0) to B's (the last frame).
+    Both ends of each pair are then nearer their boundary frames than the crossfade's middle frame is."""
+    from render.sampler import PromptTravel, StructureGuidedSampler
+
+    components, sparse, clips = toy
+    sampler = StructureGuidedSampler(components)
+    travelled, alone = [], []
+    for seed, (a, b) in enumerate(zip(clips[:2], clips[2:4])):
+        last, first = a.frames[-1], b.frames[0]
+        middle = np.round((last.astype(np.float64) + first) / 2)
+        for caption, travel, rows in ((scene_caption(a.spec), True, travelled), (scene_caption(b.spec), False, alone)):
+            result = sampler(caption, "", conditioning=None, num_frames=FRAMES, height=64, width=64, steps=STEPS,
+                             guidance_scale=4.0, seed=seed, output_type="np", sparse_controlnet=sparse,
+                             sparse_condition=SparseCondition.transition(last, first),
+                             prompt_travel=(PromptTravel.linear(sampler.encode_prompt(scene_caption(b.spec)), FRAMES)
+                                            if travel else None))
+            clip = np.asarray(result.frames)
+            rows.append([_mad(clip[0], last) / _mad(middle, last), _mad(clip[-1], first) / _mad(middle, first)])
+    assert np.max(travelled) < TRAVEL_RATIO_CEILING, travelled
+    assert np.mean(travelled, axis=0)[0] <= np.mean(alone, axis=0)[0] - TRAVEL_FIRST_GAIN_FLOOR, (travelled, alone)
 
 
 def test_the_trainer_writes_files_the_loader_accepts(tmp_path, one_thread):

@@ -62,6 +62,8 @@ def test_a_generated_transition_is_spliced_in_and_depends_on_its_two_shots_only(
     assert frames.shape == (4, 64, 64, 3)
     sidecar = json.loads(mp4.with_suffix(".json").read_text())
     assert sidecar["frame_indices"] == [0, 3] and sidecar["sparse_calls"] == 3 and sidecar["to"] == "run"
+    assert sidecar["prompt"] == {"from": "(<hare> rabbit) standing in a meadow",  # its text travels meet → run
+                                 "to": "(<hare> rabbit) running across a field", "travel": "linear"}
     assert report["story"]["frames"] == 8 + 4 + 8 + 8 - 2  # the transition between, a 2-frame crossfade
     story_frames, _ = read_video(out / "story.mp4")
     assert len(story_frames) == report["story"]["frames"]
