@@ -48,9 +48,10 @@ reproduces exactly with ``tau=1``), plus what Animate-A-Story's renderer needs::
   (or B prompts), ``conditioning`` with B x T frames (sample after sample), ``seed`` a list of B seeds. Each sample
   gets its own noise from its own generator (``randn_tensor`` with a list of generators, as diffusers does for
   ``num_images_per_prompt``), and so does each stochastic scheduler step (DDIM with eta > 0, LCM), so every
-  sample is the one its seed would give alone, up to float rounding of the larger matrix products. One negative
-  prompt row is used for all samples. Batches of several samples take a single context window, no SparseCtrl,
-  and IP-Adapter embeddings with 2 x B rows (``[uncond x B, cond x B]``); ``frames`` then holds B x T frames.
+  sample is the one its seed would give alone, up to float rounding of the larger matrix products. Negative
+  embeddings have B rows, or one row for all samples. Batches of several samples take a single context window,
+  no SparseCtrl, and IP-Adapter embeddings with 2 x B rows (``[uncond x B, cond x B]``); ``frames`` then holds
+  B x T frames.
 * FreeU (``freeu=True`` or a dict of s1, s2, b1, b2), VAE slicing / tiling, autocast on CUDA, and model CPU
   offload (``components.enable_model_cpu_offload()``: each model on the GPU only for its phase).
 
