@@ -75,7 +75,7 @@ demo: install
 	@echo "  toy-tau/sweep/tau=0/eval/report.html charts every metric against tau; see docs/EVALUATION.md),"
 	@echo "  toy-consistent/ (the toy fable with consistent self-attention; eval/report.html beside toy-story)"
 
-# Draw the toy world and train every toy model on it, then the toy character and IP-Adapter (about an hour on 2 CPU cores; rerun
+# Draw the toy world and train every toy model on it, then the toy character, IP-Adapter and SparseCtrl (51 minutes on 2 idle CPU cores; rerun
 # to resume after an interruption). Writes storyreel/models/toy_weights/ (committed) and keeps the world and checkpoints in toy-world/.
 toy-world: install
 	$(BIN)/python -m toy_world --work toy-world --threads 2
