@@ -442,17 +442,15 @@ class ShotRenderer:
         began = time.perf_counter()
         first = read_video(shot_files(self.settings.out, before)["mp4"])[0][-1]
         last = read_video(shot_files(self.settings.out, after)["mp4"])[0][0]
-        start = self._encode_prompts(before)
-        prompts = self._encode_prompts(after)
-        characters = {**start.characters, **prompts.characters}
+        start, end = self._encode_prompts(before), self._encode_prompts(after)
+        characters = {**start.characters, **end.characters}
         if self._characters is not None:  # both shots' characters' LoRAs (after's scale where both have one)
             self._characters.activate({name: use.scale for name, use in characters.items()})
         travel = None
-        if start.cond.shape == prompts.cond.shape:  # compel's lengths (77, 154, ...) must agree to blend
-            travel = PromptTravel.linear(prompts.cond, boundary.frames, negative_prompt_embeds=prompts.uncond,
-                                         prompt_embeds_for_step=prompts.per_step)
-            prompts = _Prompts(text=start.text, cond=start.cond, uncond=start.uncond, per_step=start.per_step,
-                               characters=characters)
+        if start.cond.shape == end.cond.shape:  # compel's lengths (77, 154, ...) must agree to blend
+            travel = PromptTravel.linear(end.cond, boundary.frames, negative_prompt_embeds=end.uncond,
+                                         prompt_embeds_for_step=end.per_step)
+        prompts = start if travel is not None else end  # frame 0's text
         ip_adapter_record = {}
         image_embeds = self._image_embeds(after, ip_adapter_record)
         condition = SparseCondition.transition(first, last)
@@ -469,9 +467,7 @@ class ShotRenderer:
         write_mp4(np.asarray(result.frames), boundary.mp4, after.fps)
         return {"settings_hash": boundary.settings_hash, "from": before.id, "to": after.id,
                 "frames": boundary.frames, "seconds_long": boundary.seconds,
-                "prompt": {"from": start.text if travel is not None else with_style(after.prompt, after.style),
-                           "to": with_style(after.prompt, after.style),
-                           "travel": "linear" if travel is not None else None},
+                "prompt": {"from": prompts.text, "to": end.text, "travel": "linear" if travel is not None else None},
                 "characters": sorted(characters), "seed": seed,
                 "steps": after.steps, "guidance": after.guidance, "sparsectrl": self.settings.sparsectrl,
                 "sparse_calls": int(result.sparse_calls), "frame_indices": [0, boundary.frames - 1],
